@@ -1,0 +1,301 @@
+"""The build context Docker would send: its files after .dockerignore, and the tar we send.
+
+Patterns follow the docker CLI: `<Dockerfile>.dockerignore` next to the Dockerfile replaces the
+context's `.dockerignore`; lines are trimmed, `#` lines skipped, `!` re-includes, each pattern is
+cleaned and anchored at the context root, the last matching pattern wins, a match on a folder
+covers everything below it, and the Dockerfile and .dockerignore are always sent. The matching
+itself is pathspec's git-wildmatch engine, whose `*`, `?`, `[...]` and `**` agree with Docker's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import os
+import posixpath
+import stat as stat_module
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Literal
+
+import pathspec
+
+from imagecascade.digest_cache import DigestCache, file_digest
+from imagecascade.errors import ConfigError
+
+EntryKind = Literal["file", "link", "dir"]
+# Every tar member gets the same owner and time: only the hashed facts may reach the image.
+TAR_MTIME = 315_532_800  # 1980-01-01, the earliest time every archive tool accepts
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ContextEntry:
+    path: str  # POSIX path relative to the context root
+    kind: EntryKind
+    executable: bool = False
+    digest: str = ""  # sha256 for files, the target for links, "" for folders
+
+    def describe(self) -> str:
+        """One short string per entry, as recorded in the lock file."""
+        if self.kind == "file":
+            return f"{'exec' if self.executable else 'file'} {self.digest}"
+        if self.kind == "link":
+            return f"link {self.digest}"
+        return "dir"
+
+
+@dataclasses.dataclass(frozen=True)
+class IgnoreRules:
+    spec: pathspec.PathSpec
+    has_exceptions: bool
+    source: Path | None
+
+    def excludes(self, relative: str) -> bool:
+        return bool(self.spec.match_file(relative))
+
+
+def ignore_file_for(context: Path, dockerfile: Path) -> Path | None:
+    specific = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    if specific.is_file():
+        return specific
+    general = context / ".dockerignore"
+    return general if general.is_file() else None
+
+
+def _docker_patterns(lines: list[str]) -> list[tuple[bool, str]]:
+    """(is_exception, cleaned pattern) exactly as the docker CLI's ignorefile reader yields them."""
+    patterns: list[tuple[bool, str]] = []
+    for line in lines:
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        exception = pattern.startswith("!")
+        if exception:
+            pattern = pattern[1:].strip()
+            if not pattern:
+                continue
+        pattern = posixpath.normpath(pattern)
+        if len(pattern) > 1 and pattern.startswith("/"):
+            pattern = pattern.lstrip("/") or "/"
+        patterns.append((exception, pattern))
+    return patterns
+
+
+def load_ignore_rules(context: Path, dockerfile: Path) -> IgnoreRules:
+    source = ignore_file_for(context, dockerfile)
+    lines: list[str] = []
+    if source is not None:
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{source}: cannot read: {error}") from error
+    patterns = _docker_patterns(lines)
+    # The CLI always sends the Dockerfile and .dockerignore, whatever the patterns say.
+    keep = [".dockerignore"]
+    if context in dockerfile.parents:
+        keep.append(dockerfile.relative_to(context).as_posix())
+    patterns += [(True, path) for path in keep]
+    gitwild: list[str] = []
+    for exception, pattern in patterns:
+        anchored = "/**" if pattern in (".", "/") else "/" + pattern
+        gitwild.append(("!" if exception else "") + anchored)
+    return IgnoreRules(
+        spec=pathspec.PathSpec.from_lines("gitwildmatch", gitwild),
+        # Nested kept paths (a Dockerfile in a sub-folder) count: they re-include below folders.
+        has_exceptions=any(exception for exception, _ in patterns[: -len(keep)])
+        or any("/" in path for path in keep),
+        source=source,
+    )
+
+
+def _walk(
+    context: Path, rules: IgnoreRules, skip: frozenset[str]
+) -> Iterator[tuple[str, os.DirEntry[str] | None, os.stat_result]]:
+    """(relative path, entry, lstat) for everything Docker would send, folders included."""
+
+    def visit(folder: str, relative: str) -> Iterator[tuple[str, os.DirEntry[str] | None, os.stat_result]]:
+        try:
+            with os.scandir(folder) as iterator:
+                entries = sorted(iterator, key=lambda item: item.name)
+        except OSError as error:
+            raise ConfigError(f"{folder}: cannot read folder: {error}") from error
+        for entry in entries:
+            child = f"{relative}{entry.name}"
+            if entry.path in skip:
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as error:
+                raise ConfigError(f"{entry.path}: cannot stat: {error}") from error
+            excluded = rules.excludes(child)
+            if stat_module.S_ISDIR(info.st_mode):
+                if excluded and not rules.has_exceptions:
+                    continue  # nothing below can be re-included: skip the whole folder
+                if not excluded:
+                    yield child, entry, info
+                yield from visit(entry.path, child + "/")
+            elif not excluded:
+                yield child, entry, info
+
+    yield from visit(str(context), "")
+
+
+def scan_context(
+    context: Path,
+    dockerfile: Path,
+    cache: DigestCache | None = None,
+    skip: frozenset[str] = frozenset(),
+) -> list[ContextEntry]:
+    """Every entry of the context that Docker would send, sorted by path.
+
+    Folders are listed only when nothing below them is sent (empty folders count); `skip` holds
+    absolute paths never sent (this tool's own cache folder).
+    """
+    rules = load_ignore_rules(context, dockerfile)
+    folders: dict[str, bool] = {}  # folder -> has sent content
+    files: list[tuple[str, os.stat_result, str]] = []
+    links: list[ContextEntry] = []
+    for relative, entry, info in _walk(context, rules, skip):
+        assert entry is not None
+        parent = posixpath.dirname(relative)
+        while parent and not folders.get(parent, False):
+            folders[parent] = True
+            parent = posixpath.dirname(parent)
+        if stat_module.S_ISDIR(info.st_mode):
+            folders.setdefault(relative, False)
+        elif stat_module.S_ISLNK(info.st_mode):
+            links.append(ContextEntry(relative, "link", digest=os.readlink(entry.path)))
+        elif stat_module.S_ISREG(info.st_mode):
+            files.append((relative, info, entry.path))
+        # sockets, fifos and devices cannot be sent by Docker either; they are left out
+    digests = _digest_files([(path, info) for _, info, path in files], cache)
+    result = [
+        ContextEntry(relative, "file", bool(info.st_mode & 0o111), digest)
+        for (relative, info, _), digest in zip(files, digests, strict=True)
+    ]
+    result += links
+    result += [ContextEntry(folder, "dir") for folder, filled in folders.items() if not filled]
+    return sorted(result)
+
+
+def _digest_files(files: list[tuple[str, os.stat_result]], cache: DigestCache | None) -> list[str]:
+    digests: list[str | None] = [
+        cache.lookup(path, info) if cache is not None else None for path, info in files
+    ]
+    missing = [index for index, digest in enumerate(digests) if digest is None]
+
+    def compute(index: int) -> str:
+        path = files[index][0]
+        try:
+            return file_digest(path)
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read: {error}") from error
+
+    if len(missing) > 1:
+        # hashlib releases the GIL on large buffers, so threads use every core for big contexts.
+        workers = min(8, (os.cpu_count() or 1) + 1)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            computed = list(pool.map(compute, missing))
+    else:
+        computed = [compute(index) for index in missing]
+    for index, digest in zip(missing, computed, strict=True):
+        digests[index] = digest
+        if cache is not None:
+            cache.store(files[index][0], files[index][1], digest)
+    return [digest for digest in digests if digest is not None]
+
+
+def dockerfile_name_in_tar(context: Path, dockerfile: Path) -> str:
+    """Where the Dockerfile sits in the tar: its own path inside the context, else a side file."""
+    if context in dockerfile.parents:
+        return dockerfile.relative_to(context).as_posix()
+    digest = hashlib.sha256(str(dockerfile).encode()).hexdigest()[:16]
+    return f".dockerfile.{digest}"
+
+
+def write_context_tar(
+    context: Path,
+    dockerfile: Path,
+    entries: list[ContextEntry],
+    output: IO[bytes],
+    compression: Literal["", "gz"] = "",
+) -> str:
+    """Write exactly `entries` (what was hashed) as a tar; return the Dockerfile's name in it.
+
+    Owners, times and permission bits other than the executable bit are normalised, so what
+    reaches the engine is the hashed content and nothing else. Files are read again here and
+    checked against their recorded digest, so a file changed since hashing fails the build
+    instead of producing an image whose tag lies.
+    """
+    dockerfile_name = dockerfile_name_in_tar(context, dockerfile)
+    mode = "w:gz" if compression == "gz" else "w"
+    with tarfile.open(fileobj=output, mode=mode, format=tarfile.PAX_FORMAT) as archive:
+        written_folders: set[str] = set()
+
+        def add_folder(path: str) -> None:
+            if not path or path in written_folders:
+                return
+            add_folder(posixpath.dirname(path))
+            info = _tar_info(path, tarfile.DIRTYPE, 0o755)
+            archive.addfile(info)
+            written_folders.add(path)
+
+        for entry in entries:
+            add_folder(posixpath.dirname(entry.path))
+            if entry.kind == "dir":
+                add_folder(entry.path)
+            elif entry.kind == "link":
+                info = _tar_info(entry.path, tarfile.SYMTYPE, 0o777)
+                info.linkname = entry.digest
+                archive.addfile(info)
+            else:
+                _add_verified_file(archive, context / entry.path, entry)
+        if context not in dockerfile.parents:
+            data = dockerfile.read_bytes()
+            info = _tar_info(dockerfile_name, tarfile.REGTYPE, 0o644)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return dockerfile_name
+
+
+def _tar_info(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = TAR_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads a file for tarfile while hashing what was read."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self.hash.update(data)
+        return data
+
+
+def _add_verified_file(archive: tarfile.TarFile, path: Path, entry: ContextEntry) -> None:
+    changed = ConfigError(f"{path}: changed after its freshness hash was computed; run again")
+    try:
+        with open(path, "rb") as handle:
+            info = _tar_info(entry.path, tarfile.REGTYPE, 0o755 if entry.executable else 0o644)
+            info.size = os.fstat(handle.fileno()).st_size
+            reader = _HashingReader(handle)
+            try:
+                archive.addfile(info, reader)  # type: ignore[arg-type]
+            except OSError as error:  # tarfile's "unexpected end of data": the file shrank
+                raise changed from error
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from error
+    if reader.hash.hexdigest() != entry.digest:
+        raise changed

@@ -1,0 +1,192 @@
+"""Image declarations: `images/<name>/Dockerfile` plus `images/<name>/image.toml`."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imagecascade import dockerfile
+from imagecascade.build_options import CloudBuildOptions, parse_cloudbuild_options
+from imagecascade.checks import SmokeChecks, parse_smoke_checks
+from imagecascade.errors import ConfigError
+from imagecascade.settings import Settings
+
+DECLARATION_FILE = "image.toml"
+DEFAULT_PLATFORM = "linux/amd64"
+
+# A Docker repository path component (distribution/reference's grammar).
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+_REFERENCE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+_KEYS = {
+    "description",
+    "parent",
+    "base",
+    "build_args",
+    "platform",
+    "context",
+    "dockerfile",
+    "target",
+    "smoke",
+    "cloudbuild",
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageSpec:
+    """One image as declared; paths are absolute, relations by name."""
+
+    name: str
+    folder: Path
+    dockerfile: Path
+    context: Path
+    parent: str | None
+    base: str | None
+    description: str = ""
+    build_args: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    platform: str = DEFAULT_PLATFORM
+    target: str | None = None
+    smoke: SmokeChecks = dataclasses.field(default_factory=SmokeChecks)
+    cloudbuild: CloudBuildOptions = dataclasses.field(default_factory=CloudBuildOptions)
+
+    @property
+    def declaration_path(self) -> Path:
+        return self.folder / DECLARATION_FILE
+
+    @property
+    def base_is_pinned(self) -> bool:
+        return self.base is not None and bool(_DIGEST.search(self.base))
+
+
+def is_pinned(reference: str) -> bool:
+    return bool(_DIGEST.search(reference))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from error
+
+
+def _string(path: Path, data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{path}: {key} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def load_image(folder: Path, root: Path) -> ImageSpec:
+    """Read and check one image folder (relations to other images are checked by load_images)."""
+    name = folder.name
+    if not _IMAGE_NAME.match(name):
+        raise ConfigError(
+            f"{folder}: folder name {name!r} is not a valid image name "
+            "(lower-case letters and digits, separated by '.', '_', '__' or '-')"
+        )
+    declaration = folder / DECLARATION_FILE
+    if not declaration.is_file():
+        raise ConfigError(f"{declaration}: missing (every image folder needs an {DECLARATION_FILE})")
+    data = _read_toml(declaration)
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{declaration}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_KEYS))})"
+        )
+    parent = _string(declaration, data, "parent")
+    base = _string(declaration, data, "base")
+    if (parent is None) == (base is None):
+        raise ConfigError(f"{declaration}: declare exactly one of `parent` or `base`")
+    if base is not None and not _REFERENCE.match(base):
+        raise ConfigError(f"{declaration}: base {base!r} is not a valid image reference")
+    build_args = data.get("build_args", {})
+    if not isinstance(build_args, dict):
+        raise ConfigError(f"{declaration}: build_args must be a table of strings")
+    for key, value in build_args.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{declaration}: build_args.{key} must be a string, not {type(value).__name__} "
+                f"(write {key} = \"{value}\")"
+            )
+        if key == "BASE_IMAGE":
+            raise ConfigError(f"{declaration}: build_args.BASE_IMAGE is set from `parent`/`base`")
+    platform = _string(declaration, data, "platform") or DEFAULT_PLATFORM
+    if not _PLATFORM.match(platform):
+        raise ConfigError(f"{declaration}: platform {platform!r} is not of the form os/arch[/variant]")
+    context_value = _string(declaration, data, "context") or "."
+    context = (folder / context_value).resolve()
+    if not _inside(context, root.resolve()):
+        raise ConfigError(f"{declaration}: context {context_value!r} is outside the repository")
+    if not context.is_dir():
+        raise ConfigError(f"{declaration}: context {context_value!r} is not a folder")
+    dockerfile_value = _string(declaration, data, "dockerfile") or "Dockerfile"
+    dockerfile_path = (folder / dockerfile_value).resolve()
+    if not _inside(dockerfile_path, root.resolve()):
+        raise ConfigError(f"{declaration}: dockerfile {dockerfile_value!r} is outside the repository")
+    if not dockerfile_path.is_file():
+        raise ConfigError(f"{dockerfile_path}: missing (the Dockerfile of image {name})")
+    try:
+        text = dockerfile_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{dockerfile_path}: cannot read: {error}") from error
+    target = _string(declaration, data, "target")
+    problem = dockerfile.base_wiring_problem(text, target)
+    if problem:
+        raise ConfigError(f"{dockerfile_path}: {problem}")
+    description = _string(declaration, data, "description") or ""
+    for section in ("smoke", "cloudbuild"):
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"{declaration}: [{section}] must be a table")
+    return ImageSpec(
+        name=name,
+        folder=folder,
+        dockerfile=dockerfile_path,
+        context=context,
+        parent=parent,
+        base=base,
+        description=description,
+        build_args=dict(sorted(build_args.items())),
+        platform=platform,
+        target=target,
+        smoke=parse_smoke_checks(data.get("smoke", {}), f"{declaration}: [smoke]"),
+        cloudbuild=parse_cloudbuild_options(data.get("cloudbuild", {}), f"{declaration}: [cloudbuild]"),
+    )
+
+
+def load_images(settings: Settings) -> dict[str, ImageSpec]:
+    """Every image under `images/`, checked, in dependency order (parents first, then by name)."""
+    images_dir = settings.images_dir
+    if not images_dir.is_dir():
+        raise ConfigError(f"{images_dir}: missing (the folder that holds one folder per image)")
+    specs: dict[str, ImageSpec] = {}
+    for folder in sorted(images_dir.iterdir()):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        spec = load_image(folder, settings.root)
+        specs[spec.name] = spec
+    for spec in specs.values():
+        if spec.parent is not None and spec.parent not in specs:
+            raise ConfigError(
+                f"{spec.declaration_path}: unknown parent {spec.parent!r} "
+                f"(no folder {images_dir.name}/{spec.parent})"
+            )
+    from imagecascade.graph import dependency_order
+
+    return {name: specs[name] for name in dependency_order(specs)}

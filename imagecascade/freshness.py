@@ -1,0 +1,70 @@
+"""Freshness hashes: sha256 over a canonical encoding of everything that goes into an image."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from imagecascade.context import ContextEntry, scan_context
+from imagecascade.declaration import ImageSpec
+from imagecascade.digest_cache import DigestCache, file_digest
+
+# Bump when the encoding changes: every hash then moves, and the lock explains why.
+HASH_FORMAT = 1
+TAG_LENGTH = 16  # hex characters of the hash used as the image tag (64 bits)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageInputs:
+    """What one image is made of, apart from its parent's hash."""
+
+    dockerfile_digest: str
+    files: tuple[ContextEntry, ...]
+    build_args: Mapping[str, str]
+    platform: str
+    target: str | None
+    parent: str | None
+    base: str | None
+
+    def file_map(self) -> dict[str, str]:
+        return {entry.path: entry.describe() for entry in self.files}
+
+
+def collect_inputs(spec: ImageSpec, cache: DigestCache | None, skip: frozenset[str]) -> ImageInputs:
+    entries = scan_context(spec.context, spec.dockerfile, cache, skip)
+    return ImageInputs(
+        dockerfile_digest=file_digest(str(spec.dockerfile)),
+        files=tuple(entries),
+        build_args=dict(spec.build_args),
+        platform=spec.platform,
+        target=spec.target,
+        parent=spec.parent,
+        base=spec.base,
+    )
+
+
+def canonical_encoding(inputs: ImageInputs, parent_hash: str | None) -> bytes:
+    """The exact bytes that are hashed. Paths are relative and POSIX; no times, owners or git."""
+    document: dict[str, Any] = {
+        "format": HASH_FORMAT,
+        "dockerfile": inputs.dockerfile_digest,
+        "files": [[entry.path, entry.describe()] for entry in inputs.files],
+        "build_args": dict(sorted(inputs.build_args.items())),
+        "platform": inputs.platform,
+        "target": inputs.target,
+        "from": {"parent_hash": parent_hash} if inputs.parent is not None else {"base": inputs.base},
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def freshness_hash(inputs: ImageInputs, parent_hash: str | None) -> str:
+    if (inputs.parent is None) != (parent_hash is None):
+        raise ValueError("a parent hash is required exactly when the image has a parent")
+    return hashlib.sha256(canonical_encoding(inputs, parent_hash)).hexdigest()
+
+
+def short_hash(full: str) -> str:
+    return full[:TAG_LENGTH]

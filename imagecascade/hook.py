@@ -1,0 +1,55 @@
+"""The `check-freshness-hashes` pre-commit hook: fail when the lock file's hashes are stale.
+
+Only the pure core is imported here: no docker, google or rich, so every commit stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from imagecascade.errors import CascadeError
+from imagecascade.lock import write_lock
+from imagecascade.plan import FIX_COMMAND, compute_plan, stale_lines
+from imagecascade.settings import find_root, load_settings
+
+
+def check_hashes(root: Path, out: TextIO, *, fix_hint: bool) -> int:
+    """Print one line per stale image; 0 when the lock is current, 1 when not."""
+    plan = compute_plan(load_settings(root))
+    lines = stale_lines(plan)
+    for line in lines:
+        print(line, file=out)
+    if lines and fix_hint:
+        print(f"the lock file {plan.settings.lock_path.name} is stale: run `{FIX_COMMAND}`", file=out)
+    return 1 if lines else 0
+
+
+def write_hashes(root: Path, out: TextIO) -> int:
+    plan = compute_plan(load_settings(root))
+    changed = write_lock(plan.settings.lock_path, plan.lock_entries())
+    for line in stale_lines(plan):
+        print(line, file=out)
+    state = "updated" if changed else "already current"
+    print(f"{plan.settings.lock_path.name}: {state} ({len(plan.images)} images)", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="check-freshness-hashes", description=__doc__)
+    parser.add_argument("filenames", nargs="*", help="ignored: every image is checked")
+    parser.add_argument("--root", type=Path, help="repository root (default: found from the cwd)")
+    args = parser.parse_args(argv)
+    try:
+        root = args.root.resolve() if args.root else find_root(Path.cwd())
+        return check_hashes(root, sys.stdout, fix_hint=True)
+    except CascadeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The committed lock file: each image's full hash, its parent and the inputs that explain it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imagecascade.errors import ConfigError
+from imagecascade.freshness import HASH_FORMAT, ImageInputs, short_hash
+
+LOCK_FORMAT = 1
+_LISTED_NAMES = 3  # file names shown per kind of change before "+N more"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LockEntry:
+    hash: str
+    parent: str | None
+    parent_hash: str | None
+    base: str | None
+    platform: str
+    target: str | None
+    build_args: Mapping[str, str]
+    dockerfile: str
+    files: Mapping[str, str]
+    hash_format: int = HASH_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash,
+            "hash_format": self.hash_format,
+            "parent": self.parent,
+            "parent_hash": self.parent_hash,
+            "base": self.base,
+            "platform": self.platform,
+            "target": self.target,
+            "build_args": dict(sorted(self.build_args.items())),
+            "dockerfile": self.dockerfile,
+            "files": dict(sorted(self.files.items())),
+        }
+
+
+def entry_for(inputs: ImageInputs, image_hash: str, parent_hash: str | None) -> LockEntry:
+    return LockEntry(
+        hash=image_hash,
+        parent=inputs.parent,
+        parent_hash=parent_hash,
+        base=inputs.base,
+        platform=inputs.platform,
+        target=inputs.target,
+        build_args=dict(inputs.build_args),
+        dockerfile=inputs.dockerfile_digest,
+        files=inputs.file_map(),
+    )
+
+
+def read_lock(path: Path) -> dict[str, LockEntry]:
+    """The recorded entries; an absent lock file records nothing."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from error
+    except ValueError as error:
+        raise ConfigError(f"{path}: invalid JSON ({error}); run `invoke hashes --write`") from error
+    if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
+        raise ConfigError(f"{path}: not a format-{LOCK_FORMAT} lock file; run `invoke hashes --write`")
+    entries: dict[str, LockEntry] = {}
+    try:
+        for name, raw in data["images"].items():
+            entries[name] = LockEntry(
+                hash=raw["hash"],
+                hash_format=raw.get("hash_format", 0),
+                parent=raw["parent"],
+                parent_hash=raw["parent_hash"],
+                base=raw["base"],
+                platform=raw["platform"],
+                target=raw.get("target"),
+                build_args=raw["build_args"],
+                dockerfile=raw["dockerfile"],
+                files=raw["files"],
+            )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{path}: malformed entry ({error!r}); run `invoke hashes --write`") from error
+    return entries
+
+
+def render_lock(entries: Mapping[str, LockEntry]) -> str:
+    document = {
+        "format": LOCK_FORMAT,
+        "comment": "Written by `invoke hashes --write`; checked by the check-freshness-hashes hook.",
+        "images": {name: entries[name].to_json() for name in entries},
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> bool:
+    """Write the lock atomically; False when it already said exactly this."""
+    text = render_lock(entries)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+    return True
+
+
+def _names(prefix: str, names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED_NAMES])
+    more = f" (+{len(names) - _LISTED_NAMES} more)" if len(names) > _LISTED_NAMES else ""
+    return f"{prefix} {shown}{more}"
+
+
+def explain(old: LockEntry | None, new: LockEntry) -> list[str]:
+    """Why `new` differs from what the lock recorded, most telling reason first."""
+    if old is None:
+        return ["not in the lock file"]
+    if old.hash == new.hash:
+        return []
+    reasons: list[str] = []
+    if old.parent != new.parent:
+        reasons.append(f"parent {old.parent or '(none)'} → {new.parent or '(none)'}")
+    elif new.parent is not None and old.parent_hash != new.parent_hash:
+        reasons.append(f"parent {new.parent} changed")
+    if old.base != new.base:
+        reasons.append(f"base {old.base or '(none)'} → {new.base or '(none)'}")
+    if old.dockerfile != new.dockerfile:
+        reasons.append("Dockerfile changed")
+    added = sorted(set(new.files) - set(old.files))
+    removed = sorted(set(old.files) - set(new.files))
+    both = sorted(set(old.files) & set(new.files))
+    content = [path for path in both if old.files[path].split()[-1] != new.files[path].split()[-1]]
+    mode = [
+        path
+        for path in both
+        if old.files[path].split()[0] != new.files[path].split()[0] and path not in content
+    ]
+    if added:
+        reasons.append(_names("added", added))
+    if removed:
+        reasons.append(_names("removed", removed))
+    if content:
+        reasons.append(_names("changed", content))
+    if mode:
+        reasons.append(_names("mode changed", mode))
+    for key in sorted(set(old.build_args) | set(new.build_args)):
+        before, after = old.build_args.get(key), new.build_args.get(key)
+        if before != after:
+            if before is None:
+                reasons.append(f"build arg {key} added ({after!r})")
+            elif after is None:
+                reasons.append(f"build arg {key} removed (was {before!r})")
+            else:
+                reasons.append(f"build arg {key} {before!r} → {after!r}")
+    if old.platform != new.platform:
+        reasons.append(f"platform {old.platform} → {new.platform}")
+    if old.target != new.target:
+        reasons.append(f"target {old.target} → {new.target}")
+    if not reasons and old.hash_format != new.hash_format:
+        reasons.append(f"hash format {old.hash_format} → {new.hash_format}")
+    if not reasons:
+        reasons.append(f"hash {short_hash(old.hash)} → {short_hash(new.hash)} (inputs not recorded)")
+    return reasons

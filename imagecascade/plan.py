@@ -1,0 +1,135 @@
+"""The plan: every image's freshness hash, tag and lock state, in dependency order."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from imagecascade.declaration import ImageSpec, load_images
+from imagecascade.digest_cache import DigestCache
+from imagecascade.freshness import ImageInputs, collect_inputs, freshness_hash, short_hash
+from imagecascade.lock import LockEntry, entry_for, explain, read_lock
+from imagecascade.settings import Settings
+
+FIX_COMMAND = "invoke hashes --write"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlannedImage:
+    spec: ImageSpec
+    inputs: ImageInputs
+    hash: str
+    parent_hash: str | None
+    lock_hash: str | None
+    reasons: tuple[str, ...]  # why the hash differs from the lock; empty when current
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def tag(self) -> str:
+        return short_hash(self.hash)
+
+    @property
+    def locked(self) -> bool:
+        return self.lock_hash == self.hash
+
+    def lock_entry(self) -> LockEntry:
+        return entry_for(self.inputs, self.hash, self.parent_hash)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    settings: Settings
+    images: tuple[PlannedImage, ...]
+    removed: tuple[str, ...]  # names the lock records but images/ no longer has
+
+    @property
+    def specs(self) -> dict[str, ImageSpec]:
+        return {image.name: image.spec for image in self.images}
+
+    def get(self, name: str) -> PlannedImage:
+        for image in self.images:
+            if image.name == name:
+                return image
+        raise KeyError(name)
+
+    @property
+    def lock_is_current(self) -> bool:
+        return not self.removed and all(image.locked for image in self.images)
+
+    def lock_entries(self) -> dict[str, LockEntry]:
+        return {image.name: image.lock_entry() for image in self.images}
+
+
+def image_reference(name: str, tag: str, registry: str) -> str:
+    """Where an image lives: `name:tag` in the engine's store, or `registry/name:tag`."""
+    return f"{registry}/{name}:{tag}" if registry else f"{name}:{tag}"
+
+
+def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
+    specs = load_images(settings)
+    lock = read_lock(settings.lock_path)
+    cache = DigestCache(settings.cache_dir / "digests.json" if use_cache else None)
+    skip = frozenset({str(settings.cache_dir.resolve()), str((settings.root / ".git").resolve())})
+    hashes: dict[str, str] = {}
+    planned: list[PlannedImage] = []
+    for name, spec in specs.items():
+        inputs = collect_inputs(spec, cache, skip)
+        parent_hash = hashes[spec.parent] if spec.parent is not None else None
+        image_hash = freshness_hash(inputs, parent_hash)
+        hashes[name] = image_hash
+        old = lock.get(name)
+        new = entry_for(inputs, image_hash, parent_hash)
+        planned.append(
+            PlannedImage(
+                spec=spec,
+                inputs=inputs,
+                hash=image_hash,
+                parent_hash=parent_hash,
+                lock_hash=old.hash if old else None,
+                reasons=tuple(explain(old, new)),
+            )
+        )
+    cache.save()
+    removed = tuple(sorted(set(lock) - set(specs)))
+    return Plan(settings=settings, images=tuple(planned), removed=removed)
+
+
+def stale_lines(plan: Plan) -> list[str]:
+    """One line per image whose recorded hash is stale: name, old → new, and why."""
+    lines = []
+    for image in plan.images:
+        if image.locked:
+            continue
+        old = short_hash(image.lock_hash) if image.lock_hash else "(none)"
+        lines.append(f"{image.name}: {old} → {image.tag}: {'; '.join(image.reasons)}")
+    for name in plan.removed:
+        lines.append(f"{name}: recorded in the lock file but images/{name} is gone")
+    return lines
+
+
+def plan_document(plan: Plan, build_states: Mapping[str, tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The `invoke plan --json` document, in dependency order."""
+    images = []
+    for image in plan.images:
+        item: dict[str, Any] = {
+            "name": image.name,
+            "parent": image.spec.parent,
+            "base": image.spec.base,
+            "base_pinned": image.spec.base_is_pinned if image.spec.base else None,
+            "hash": image.hash,
+            "tag": image.tag,
+            "reference": image_reference(image.name, image.tag, plan.settings.registry),
+            "locked": image.locked,
+            "lock_hash": image.lock_hash,
+            "reasons": list(image.reasons),
+        }
+        if build_states is not None:
+            state, detail = build_states.get(image.name, ("unknown", "not looked up"))
+            item["build_state"] = state
+            item["build_state_detail"] = detail
+        images.append(item)
+    return {"images": images, "removed_from_images": list(plan.removed)}

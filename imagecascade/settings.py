@@ -1,0 +1,102 @@
+"""Repository-wide settings from the committed `cascade.toml`, overridable per command."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imagecascade.errors import ConfigError
+
+SETTINGS_FILE = "cascade.toml"
+IMAGES_DIR = "images"
+LOCK_FILE = "images.lock.json"
+CACHE_DIR = ".cache/imagecascade"
+
+_KNOWN: dict[str, dict[str, type]] = {
+    "registry": {"url": str},
+    "build": {"jobs": int},
+    "cloudbuild": {"project": str, "region": str, "bucket": str},
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Values every command shares; the empty string means "not configured"."""
+
+    root: Path
+    registry: str = ""
+    jobs: int = 2
+    cloudbuild_project: str = ""
+    cloudbuild_region: str = "global"
+    cloudbuild_bucket: str = ""
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / IMAGES_DIR
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / CACHE_DIR
+
+    @property
+    def effective_bucket(self) -> str:
+        if self.cloudbuild_bucket:
+            return self.cloudbuild_bucket
+        return f"{self.cloudbuild_project}_cloudbuild" if self.cloudbuild_project else ""
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Apply command-line flags; None means the flag was not given."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        if "registry" in given:
+            given["registry"] = str(given["registry"]).rstrip("/")
+        return dataclasses.replace(self, **given)
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above `start` holding `cascade.toml` or `images/`."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / SETTINGS_FILE).is_file() or (folder / IMAGES_DIR).is_dir():
+            return folder
+    raise ConfigError(f"{start}: no {SETTINGS_FILE} or {IMAGES_DIR}/ here or in any parent folder")
+
+
+def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `cascade.toml` under `root` (absent file: defaults)."""
+    del environ  # settings come from the file and flags only; kept for a uniform reader signature
+    path = root / SETTINGS_FILE
+    if not path.exists():
+        return Settings(root=root)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from error
+    values: dict[str, Any] = {}
+    for section, content in data.items():
+        if section not in _KNOWN:
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(_KNOWN)})")
+        if not isinstance(content, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        for key, value in content.items():
+            expected = _KNOWN[section].get(key)
+            if expected is None:
+                known = ", ".join(_KNOWN[section])
+                raise ConfigError(f"{path}: unknown key {section}.{key} (known: {known})")
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ConfigError(f"{path}: {section}.{key} must be a {expected.__name__}")
+            field = key if section in ("build",) else ("registry" if section == "registry" else f"{section}_{key}")
+            values[field] = value
+    if "registry" in values:
+        values["registry"] = values["registry"].rstrip("/")
+    if values.get("jobs", 1) < 1:
+        raise ConfigError(f"{path}: build.jobs must be at least 1")
+    return Settings(root=root, **values)

@@ -1,0 +1,51 @@
+"""Where built images are looked up: the engine's own store, or a registry.
+
+An image counts as built if and only if its hash tag exists there.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from imagecascade.plan import image_reference
+
+
+class ImageStore(Protocol):
+    description: str
+
+    def has(self, name: str, tag: str) -> bool:
+        """True when `name:tag` exists; raises BackendError when that cannot be known."""
+        ...
+
+
+class EngineStore:
+    def __init__(self, engine: object) -> None:
+        from imagecascade.engine import Engine
+
+        assert isinstance(engine, Engine)
+        self._engine = engine
+        self.description = "local engine"
+
+    def has(self, name: str, tag: str) -> bool:
+        return self._engine.image_exists(image_reference(name, tag, ""))
+
+
+class RegistryStore:
+    def __init__(self, registry: str) -> None:
+        from imagecascade.registry import RegistryClient
+
+        self._registry = registry
+        self._client = RegistryClient()
+        self.description = registry
+
+    def has(self, name: str, tag: str) -> bool:
+        return self._client.manifest_digest(f"{self._registry}/{name}", tag) is not None
+
+
+def open_store(registry: str) -> ImageStore:
+    """The registry when one is configured, else the local engine (connecting to it)."""
+    if registry:
+        return RegistryStore(registry)
+    from imagecascade.engine import Engine
+
+    return EngineStore(Engine.from_environment())
