@@ -1,0 +1,67 @@
+"""What the cascade asks of a build backend (local engine or Cloud Build), and what it gets back.
+
+The cascade logic only sees this interface; it never knows which backend runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping
+from typing import Literal, Protocol
+
+from imagecascade.errors import CascadeError
+from imagecascade.plan import PlannedImage
+
+EventKind = Literal["started", "step", "log", "state", "pushed", "finished"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BuildRequest:
+    """One image to build, with everything already decided by the cascade."""
+
+    image: PlannedImage
+    base_reference: str  # the exact BASE_IMAGE: parent's `ref:<hash tag>` or the pinned base
+    build_args: Mapping[str, str]  # the image's build args plus BASE_IMAGE
+    labels: Mapping[str, str]  # OCI labels and the freshness labels
+    references: tuple[str, ...]  # `<repo>:<hash tag>` first, then `<repo>:latest`
+    registry: str  # "" = keep in the engine's store, else push every reference there
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BuildEvent:
+    image: str
+    kind: EventKind
+    message: str = ""
+    step: int | None = None  # step n of m, when the backend knows
+    steps: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BuildOutcome:
+    digest: str | None = None  # the pushed manifest digest, when pushed
+    log_tail: tuple[str, ...] = ()
+
+
+class BuildError(CascadeError):
+    """The image's own build failed (its Dockerfile, a step, a push rejected for this image)."""
+
+    def __init__(self, message: str, log_tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class Backend(Protocol):
+    name: str
+
+    def build(
+        self,
+        request: BuildRequest,
+        on_event: Callable[[BuildEvent], None],
+        cancelled: threading.Event,
+    ) -> BuildOutcome:
+        """Build (and push when a registry is set) or raise BuildError / BackendError.
+
+        Must stop soon after `cancelled` is set, leaving no tag on an unfinished image.
+        """
+        ...
