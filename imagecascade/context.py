@@ -4,7 +4,7 @@ Patterns follow the docker CLI: `<Dockerfile>.dockerignore` next to the Dockerfi
 context's `.dockerignore`; lines are trimmed, `#` lines skipped, `!` re-includes, each pattern is
 cleaned and anchored at the context root, the last matching pattern wins, a match on a folder
 covers everything below it, and the Dockerfile and .dockerignore are always sent. The matching
-itself is pathspec's git-wildmatch engine, whose `*`, `?`, `[...]` and `**` agree with Docker's.
+itself is pathspec's gitignore engine, whose `*`, `?`, `[...]` and `**` agree with Docker's.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import stat as stat_module
 import tarfile
 from collections.abc import Iterator
@@ -49,12 +50,25 @@ class ContextEntry:
 
 @dataclasses.dataclass(frozen=True)
 class IgnoreRules:
-    spec: pathspec.PathSpec
-    has_exceptions: bool
+    """Compiled patterns in file order: (regex, True for exclude / False for `!` exception)."""
+
+    patterns: tuple[tuple[re.Pattern[str], bool], ...]
+    exceptions: tuple[str, ...]  # the cleaned text of each `!` pattern
     source: Path | None
 
-    def excludes(self, relative: str) -> bool:
-        return bool(self.spec.match_file(relative))
+    def matching(self, relative: str) -> frozenset[int]:
+        return frozenset(
+            index for index, (regex, _) in enumerate(self.patterns) if regex.match(relative)
+        )
+
+    def decide(self, matched: frozenset[int]) -> bool:
+        """Excluded? The last pattern that matched the path or one of its folders decides."""
+        return bool(matched) and self.patterns[max(matched)][1]
+
+    def may_reinclude_below(self, folder: str) -> bool:
+        """Docker descends into an excluded folder only if an exception's text starts with it."""
+        prefix = folder + "/"
+        return any((text + "/").startswith(prefix) for text in self.exceptions)
 
 
 def ignore_file_for(context: Path, dockerfile: Path) -> Path | None:
@@ -102,21 +116,26 @@ def load_ignore_rules(context: Path, dockerfile: Path) -> IgnoreRules:
     for exception, pattern in patterns:
         anchored = "/**" if pattern in (".", "/") else "/" + pattern
         gitwild.append(("!" if exception else "") + anchored)
+    compiled = pathspec.PathSpec.from_lines("gitignore", gitwild).patterns
     return IgnoreRules(
-        spec=pathspec.PathSpec.from_lines("gitwildmatch", gitwild),
-        # Nested kept paths (a Dockerfile in a sub-folder) count: they re-include below folders.
-        has_exceptions=any(exception for exception, _ in patterns[: -len(keep)])
-        or any("/" in path for path in keep),
+        patterns=tuple((pattern.regex, bool(pattern.include)) for pattern in compiled),  # type: ignore[attr-defined]
+        exceptions=tuple(pattern for exception, pattern in patterns if exception),
         source=source,
     )
 
 
 def _walk(
     context: Path, rules: IgnoreRules, skip: frozenset[str]
-) -> Iterator[tuple[str, os.DirEntry[str] | None, os.stat_result]]:
-    """(relative path, entry, lstat) for everything Docker would send, folders included."""
+) -> Iterator[tuple[str, os.DirEntry[str], os.stat_result]]:
+    """(relative path, entry, lstat) for everything Docker would send, folders included.
 
-    def visit(folder: str, relative: str) -> Iterator[tuple[str, os.DirEntry[str] | None, os.stat_result]]:
+    Like Docker, a pattern that matches a folder applies to everything below it: each folder
+    passes down the set of patterns that matched it or its parents.
+    """
+
+    def visit(
+        folder: str, relative: str, inherited: frozenset[int]
+    ) -> Iterator[tuple[str, os.DirEntry[str], os.stat_result]]:
         try:
             with os.scandir(folder) as iterator:
                 entries = sorted(iterator, key=lambda item: item.name)
@@ -130,17 +149,18 @@ def _walk(
                 info = entry.stat(follow_symlinks=False)
             except OSError as error:
                 raise ConfigError(f"{entry.path}: cannot stat: {error}") from error
-            excluded = rules.excludes(child)
+            matched = inherited | rules.matching(child)
+            excluded = rules.decide(matched)
             if stat_module.S_ISDIR(info.st_mode):
-                if excluded and not rules.has_exceptions:
+                if excluded and not rules.may_reinclude_below(child):
                     continue  # nothing below can be re-included: skip the whole folder
                 if not excluded:
                     yield child, entry, info
-                yield from visit(entry.path, child + "/")
+                yield from visit(entry.path, child + "/", matched)
             elif not excluded:
                 yield child, entry, info
 
-    yield from visit(str(context), "")
+    yield from visit(str(context), "", frozenset())
 
 
 def scan_context(
@@ -159,7 +179,6 @@ def scan_context(
     files: list[tuple[str, os.stat_result, str]] = []
     links: list[ContextEntry] = []
     for relative, entry, info in _walk(context, rules, skip):
-        assert entry is not None
         parent = posixpath.dirname(relative)
         while parent and not folders.get(parent, False):
             folders[parent] = True

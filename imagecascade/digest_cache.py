@@ -57,7 +57,7 @@ class DigestCache:
         return str(entry[4])
 
     def store(self, path: str, stat: os.stat_result, digest: str) -> None:
-        if self._started_ns - max(stat.st_mtime_ns, stat.st_ctime_ns) < RACY_WINDOW_NS:
+        if self._started_ns - stat.st_mtime_ns < RACY_WINDOW_NS:
             return  # racily clean: hash it again next time
         self._fresh[path] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns, digest]
         self._dirty = True

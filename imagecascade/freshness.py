@@ -34,6 +34,10 @@ class ImageInputs:
 
 
 def collect_inputs(spec: ImageSpec, cache: DigestCache | None, skip: frozenset[str]) -> ImageInputs:
+    # image.toml is this tool's metadata, never sent: what in it changes the image (build args,
+    # platform, target, parent, base) is hashed below, and a new description or smoke check must
+    # not rebuild an hours-long lineage.
+    skip = skip | {str(spec.declaration_path)}
     entries = scan_context(spec.context, spec.dockerfile, cache, skip)
     return ImageInputs(
         dockerfile_digest=file_digest(str(spec.dockerfile)),

@@ -135,6 +135,9 @@ def explain(old: LockEntry | None, new: LockEntry) -> list[str]:
     removed = sorted(set(old.files) - set(new.files))
     both = sorted(set(old.files) & set(new.files))
     content = [path for path in both if old.files[path].split()[-1] != new.files[path].split()[-1]]
+    if old.dockerfile != new.dockerfile:
+        # The Dockerfile inside the context is already reported as "Dockerfile changed".
+        content = [path for path in content if new.files[path].split()[-1] != new.dockerfile]
     mode = [
         path
         for path in both
