@@ -9,7 +9,6 @@ itself is pathspec's gitignore engine, whose `*`, `?`, `[...]` and `**` agree wi
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import io
@@ -17,15 +16,17 @@ import os
 import posixpath
 import re
 import stat as stat_module
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import pathspec
 
 from imagecascade.digest_cache import DigestCache, file_digest
 from imagecascade.errors import ConfigError
+
+if TYPE_CHECKING:
+    import tarfile
 
 EntryKind = Literal["file", "link", "dir"]
 # Every tar member gets the same owner and time: only the hashed facts may reach the image.
@@ -56,14 +57,19 @@ class IgnoreRules:
     exceptions: tuple[str, ...]  # the cleaned text of each `!` pattern
     source: Path | None
 
-    def matching(self, relative: str) -> frozenset[int]:
-        return frozenset(
-            index for index, (regex, _) in enumerate(self.patterns) if regex.match(relative)
-        )
+    def last_match(self, relative: str, inherited: int) -> int:
+        """Index of the last pattern matching `relative` or a folder above it (-1: none).
 
-    def decide(self, matched: frozenset[int]) -> bool:
-        """Excluded? The last pattern that matched the path or one of its folders decides."""
-        return bool(matched) and self.patterns[max(matched)][1]
+        `inherited` is that index for the enclosing folder: Docker applies a pattern that
+        matches a folder to everything below it, and only the last match decides.
+        """
+        for index in range(len(self.patterns) - 1, inherited, -1):
+            if self.patterns[index][0].match(relative):
+                return index
+        return inherited
+
+    def excluded(self, last_match: int) -> bool:
+        return last_match >= 0 and self.patterns[last_match][1]
 
     def may_reinclude_below(self, folder: str) -> bool:
         """Docker descends into an excluded folder only if an exception's text starts with it."""
@@ -124,45 +130,6 @@ def load_ignore_rules(context: Path, dockerfile: Path) -> IgnoreRules:
     )
 
 
-def _walk(
-    context: Path, rules: IgnoreRules, skip: frozenset[str]
-) -> Iterator[tuple[str, os.DirEntry[str], os.stat_result]]:
-    """(relative path, entry, lstat) for everything Docker would send, folders included.
-
-    Like Docker, a pattern that matches a folder applies to everything below it: each folder
-    passes down the set of patterns that matched it or its parents.
-    """
-
-    def visit(
-        folder: str, relative: str, inherited: frozenset[int]
-    ) -> Iterator[tuple[str, os.DirEntry[str], os.stat_result]]:
-        try:
-            with os.scandir(folder) as iterator:
-                entries = sorted(iterator, key=lambda item: item.name)
-        except OSError as error:
-            raise ConfigError(f"{folder}: cannot read folder: {error}") from error
-        for entry in entries:
-            child = f"{relative}{entry.name}"
-            if entry.path in skip:
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError as error:
-                raise ConfigError(f"{entry.path}: cannot stat: {error}") from error
-            matched = inherited | rules.matching(child)
-            excluded = rules.decide(matched)
-            if stat_module.S_ISDIR(info.st_mode):
-                if excluded and not rules.may_reinclude_below(child):
-                    continue  # nothing below can be re-included: skip the whole folder
-                if not excluded:
-                    yield child, entry, info
-                yield from visit(entry.path, child + "/", matched)
-            elif not excluded:
-                yield child, entry, info
-
-    yield from visit(str(context), "", frozenset())
-
-
 def scan_context(
     context: Path,
     dockerfile: Path,
@@ -172,32 +139,58 @@ def scan_context(
     """Every entry of the context that Docker would send, sorted by path.
 
     Folders are listed only when nothing below them is sent (empty folders count); `skip` holds
-    absolute paths never sent (this tool's own cache folder).
+    absolute paths never sent (this tool's own files).
     """
     rules = load_ignore_rules(context, dockerfile)
-    folders: dict[str, bool] = {}  # folder -> has sent content
     files: list[tuple[str, os.stat_result, str]] = []
-    links: list[ContextEntry] = []
-    for relative, entry, info in _walk(context, rules, skip):
-        parent = posixpath.dirname(relative)
-        while parent and not folders.get(parent, False):
-            folders[parent] = True
-            parent = posixpath.dirname(parent)
-        if stat_module.S_ISDIR(info.st_mode):
-            folders.setdefault(relative, False)
-        elif stat_module.S_ISLNK(info.st_mode):
-            links.append(ContextEntry(relative, "link", digest=os.readlink(entry.path)))
-        elif stat_module.S_ISREG(info.st_mode):
-            files.append((relative, info, entry.path))
-        # sockets, fifos and devices cannot be sent by Docker either; they are left out
+    others: list[ContextEntry] = []
+
+    def visit(folder: str, relative: str, inherited: int) -> bool:
+        """Walk one folder; True when anything below it is sent."""
+        try:
+            with os.scandir(folder) as iterator:
+                entries = sorted(iterator, key=lambda item: item.name)
+        except OSError as error:
+            raise ConfigError(f"{folder}: cannot read folder: {error}") from error
+        sent = False
+        for entry in entries:
+            if entry.path in skip:
+                continue
+            child = relative + entry.name
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as error:
+                raise ConfigError(f"{entry.path}: cannot stat: {error}") from error
+            last = rules.last_match(child, inherited)
+            excluded = rules.excluded(last)
+            mode = info.st_mode
+            if stat_module.S_ISDIR(mode):
+                if excluded and not rules.may_reinclude_below(child):
+                    continue  # Docker does not descend: nothing below can be re-included
+                filled = visit(entry.path, child + "/", last)
+                if not excluded and not filled:
+                    others.append(ContextEntry(child, "dir"))
+                sent = sent or filled or not excluded
+            elif excluded:
+                continue
+            elif stat_module.S_ISREG(mode):
+                files.append((child, info, entry.path))
+                sent = True
+            elif stat_module.S_ISLNK(mode):
+                others.append(ContextEntry(child, "link", digest=os.readlink(entry.path)))
+                sent = True
+            # sockets, fifos and devices cannot be sent by Docker either; they are left out
+        return sent
+
+    visit(str(context), "", -1)
     digests = _digest_files([(path, info) for _, info, path in files], cache)
     result = [
         ContextEntry(relative, "file", bool(info.st_mode & 0o111), digest)
         for (relative, info, _), digest in zip(files, digests, strict=True)
     ]
-    result += links
-    result += [ContextEntry(folder, "dir") for folder, filled in folders.items() if not filled]
-    return sorted(result)
+    result += others
+    result.sort(key=lambda entry: entry.path)
+    return result
 
 
 def _digest_files(files: list[tuple[str, os.stat_result]], cache: DigestCache | None) -> list[str]:
@@ -213,14 +206,26 @@ def _digest_files(files: list[tuple[str, os.stat_result]], cache: DigestCache | 
         except OSError as error:
             raise ConfigError(f"{path}: cannot read: {error}") from error
 
-    if len(missing) > 1:
-        # hashlib releases the GIL on large buffers, so threads use every core for big contexts.
-        workers = min(8, (os.cpu_count() or 1) + 1)
+    computed: dict[int, str] = {}
+    workers = min(4, os.cpu_count() or 1)
+    if len(missing) > 1 and workers > 1:
+        import concurrent.futures  # imported here: the hook's warm path never needs it
+
+        # hashlib releases the GIL on large buffers, so threads use every core. One task per
+        # worker (files dealt largest first, round robin) keeps the pool's per-task cost away.
+        by_size = sorted(missing, key=lambda index: files[index][1].st_size, reverse=True)
+        shares = [by_size[start::workers] for start in range(workers)]
+
+        def compute_share(share: list[int]) -> dict[int, str]:
+            return {index: compute(index) for index in share}
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            computed = list(pool.map(compute, missing))
+            for result in pool.map(compute_share, shares):
+                computed.update(result)
     else:
-        computed = [compute(index) for index in missing]
-    for index, digest in zip(missing, computed, strict=True):
+        computed = {index: compute(index) for index in missing}
+    for index in missing:
+        digest = computed[index]
         digests[index] = digest
         if cache is not None:
             cache.store(files[index][0], files[index][1], digest)
@@ -249,6 +254,8 @@ def write_context_tar(
     checked against their recorded digest, so a file changed since hashing fails the build
     instead of producing an image whose tag lies.
     """
+    import tarfile  # imported here: hashing alone (the pre-commit hook) never writes a tar
+
     dockerfile_name = dockerfile_name_in_tar(context, dockerfile)
     mode = "w:gz" if compression == "gz" else "w"
     with tarfile.open(fileobj=output, mode=mode, format=tarfile.PAX_FORMAT) as archive:
@@ -281,6 +288,8 @@ def write_context_tar(
 
 
 def _tar_info(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -304,6 +313,8 @@ class _HashingReader(io.RawIOBase):
 
 
 def _add_verified_file(archive: tarfile.TarFile, path: Path, entry: ContextEntry) -> None:
+    import tarfile
+
     changed = ConfigError(f"{path}: changed after its freshness hash was computed; run again")
     try:
         with open(path, "rb") as handle:

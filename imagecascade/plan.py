@@ -73,7 +73,11 @@ def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
     specs = load_images(settings)
     lock = read_lock(settings.lock_path)
     cache = DigestCache(settings.cache_dir / "digests.json" if use_cache else None)
-    skip = frozenset({str(settings.cache_dir.resolve()), str((settings.root / ".git").resolve())})
+    # Never sent, whatever the context: this tool's cache, its lock and git's own folder, which
+    # change on every run or commit and would make a repository-root context never settle.
+    skip = frozenset(
+        str(path.resolve()) for path in (settings.cache_dir, settings.lock_path, settings.root / ".git")
+    )
     hashes: dict[str, str] = {}
     planned: list[PlannedImage] = []
     for name, spec in specs.items():
