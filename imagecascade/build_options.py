@@ -27,8 +27,6 @@ class CloudBuildOptions:
         )
 
 
-
-
 def parse_cloudbuild_options(raw: Mapping[str, Any], where: str) -> CloudBuildOptions:
     known = {field.name: field for field in dataclasses.fields(CloudBuildOptions)}
     values: dict[str, Any] = {}

@@ -16,7 +16,6 @@ import os
 import posixpath
 import re
 import stat as stat_module
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
@@ -122,9 +121,13 @@ def load_ignore_rules(context: Path, dockerfile: Path) -> IgnoreRules:
     for exception, pattern in patterns:
         anchored = "/**" if pattern in (".", "/") else "/" + pattern
         gitwild.append(("!" if exception else "") + anchored)
-    compiled = pathspec.PathSpec.from_lines("gitignore", gitwild).patterns
+    compiled: list[tuple[re.Pattern[str], bool]] = []
+    for compiled_pattern in pathspec.PathSpec.from_lines("gitignore", gitwild).patterns:
+        regex = getattr(compiled_pattern, "regex", None)
+        if regex is not None:  # None only for lines pathspec drops (never after cleaning)
+            compiled.append((regex, bool(compiled_pattern.include)))
     return IgnoreRules(
-        patterns=tuple((pattern.regex, bool(pattern.include)) for pattern in compiled),  # type: ignore[attr-defined]
+        patterns=tuple(compiled),
         exceptions=tuple(pattern for exception, pattern in patterns if exception),
         source=source,
     )
@@ -257,8 +260,12 @@ def write_context_tar(
     import tarfile  # imported here: hashing alone (the pre-commit hook) never writes a tar
 
     dockerfile_name = dockerfile_name_in_tar(context, dockerfile)
-    mode = "w:gz" if compression == "gz" else "w"
-    with tarfile.open(fileobj=output, mode=mode, format=tarfile.PAX_FORMAT) as archive:
+    opened = (
+        tarfile.open(fileobj=output, mode="w:gz", format=tarfile.PAX_FORMAT)
+        if compression == "gz"
+        else tarfile.open(fileobj=output, mode="w", format=tarfile.PAX_FORMAT)
+    )
+    with opened as archive:
         written_folders: set[str] = set()
 
         def add_folder(path: str) -> None:
@@ -322,7 +329,7 @@ def _add_verified_file(archive: tarfile.TarFile, path: Path, entry: ContextEntry
             info.size = os.fstat(handle.fileno()).st_size
             reader = _HashingReader(handle)
             try:
-                archive.addfile(info, reader)  # type: ignore[arg-type]
+                archive.addfile(info, reader)
             except OSError as error:  # tarfile's "unexpected end of data": the file shrank
                 raise changed from error
     except OSError as error:

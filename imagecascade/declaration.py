@@ -123,7 +123,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         if not isinstance(value, str):
             raise ConfigError(
                 f"{declaration}: build_args.{key} must be a string, not {type(value).__name__} "
-                f"(write {key} = \"{value}\")"
+                f'(write {key} = "{value}")'
             )
         if key == "BASE_IMAGE":
             raise ConfigError(f"{declaration}: build_args.BASE_IMAGE is set from `parent`/`base`")

@@ -93,9 +93,7 @@ def base_wiring_problem(text: str, target: str | None = None) -> str | None:
     if not froms:
         return "has no FROM instruction"
     global_args = {
-        item.arguments.split("=", 1)[0].strip()
-        for item in instructions[: froms[0]]
-        if item.keyword == "ARG"
+        item.arguments.split("=", 1)[0].strip() for item in instructions[: froms[0]] if item.keyword == "ARG"
     }
     if "BASE_IMAGE" not in global_args:
         return "must declare `ARG BASE_IMAGE` before its first FROM"

@@ -24,7 +24,7 @@ def dependency_order(specs: Mapping[str, HasParent]) -> list[str]:
         if state.get(name) == "done":
             return
         if state.get(name) == "visiting":
-            cycle = path[path.index(name) :] + [name]
+            cycle = [*path[path.index(name) :], name]
             location = getattr(specs[name], "declaration_path", name)
             raise ConfigError(f"{location}: parent cycle {' -> '.join(cycle)}")
         state[name] = "visiting"
@@ -93,9 +93,7 @@ def render(
     stale_set = set(stale)
     names = dependency_order(specs)
     children = children_of(specs)
-    external = {
-        name: getattr(specs[name], "base", None) for name in names if specs[name].parent is None
-    }
+    external = {name: getattr(specs[name], "base", None) for name in names if specs[name].parent is None}
     if fmt == "tree":
         lines: list[str] = []
 

@@ -93,7 +93,11 @@ def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Setti
                 raise ConfigError(f"{path}: unknown key {section}.{key} (known: {known})")
             if not isinstance(value, expected) or isinstance(value, bool):
                 raise ConfigError(f"{path}: {section}.{key} must be a {expected.__name__}")
-            field = key if section in ("build",) else ("registry" if section == "registry" else f"{section}_{key}")
+            field = (
+                key
+                if section in ("build",)
+                else ("registry" if section == "registry" else f"{section}_{key}")
+            )
             values[field] = value
     if "registry" in values:
         values["registry"] = values["registry"].rstrip("/")

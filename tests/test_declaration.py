@@ -60,8 +60,12 @@ BAD_INPUTS = [
         "images/a1/image.toml",
         "exactly one of `parent` or `base`",
     ),
-    ("neither parent nor base", _write("images/a/image.toml", "description = 'x'\n"), "images/a/image.toml",
-     "exactly one of `parent` or `base`"),
+    (
+        "neither parent nor base",
+        _write("images/a/image.toml", "description = 'x'\n"),
+        "images/a/image.toml",
+        "exactly one of `parent` or `base`",
+    ),
     (
         "unknown parent",
         _write("images/a1/image.toml", 'parent = "nope"\n'),
@@ -69,8 +73,12 @@ BAD_INPUTS = [
         "unknown parent 'nope'",
     ),
     ("cycle", _cycle, "images/c1/image.toml", "parent cycle"),
-    ("bad folder name", lambda root: write_image(root, "Bad_Name", 'base = "x:1"\n'), "images/Bad_Name",
-     "not a valid image name"),
+    (
+        "bad folder name",
+        lambda root: write_image(root, "Bad_Name", 'base = "x:1"\n'),
+        "images/Bad_Name",
+        "not a valid image name",
+    ),
     (
         "non-string build arg",
         _write("images/a/image.toml", 'base = "x:1"\n[build_args]\nMAX_JOBS = 32\n'),
@@ -96,8 +104,12 @@ BAD_INPUTS = [
         "outside the repository",
     ),
     ("context missing", _context_points_to_missing_folder, "images/a/image.toml", "is not a folder"),
-    ("unreadable image.toml", _write("images/a/image.toml", b"base = '\xff\xfe'\n"), "images/a/image.toml",
-     "cannot read"),
+    (
+        "unreadable image.toml",
+        _write("images/a/image.toml", b"base = '\xff\xfe'\n"),
+        "images/a/image.toml",
+        "cannot read",
+    ),
     (
         "unreadable .dockerignore",
         _write("images/a/.dockerignore", b"\xff\xfe\n"),
@@ -105,8 +117,12 @@ BAD_INPUTS = [
         "cannot read",
     ),
     ("invalid settings", _write("cascade.toml", "[registry]\nurl = 5\n"), "cascade.toml", "must be a str"),
-    ("bad base reference", _write("images/a/image.toml", 'base = "Not A Ref"\n'), "images/a/image.toml",
-     "not a valid image reference"),
+    (
+        "bad base reference",
+        _write("images/a/image.toml", 'base = "Not A Ref"\n'),
+        "images/a/image.toml",
+        "not a valid image reference",
+    ),
     (
         "unknown smoke section type",
         _write("images/a/image.toml", 'base = "x:1"\nsmoke = 3\n'),
@@ -122,9 +138,16 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("case", "change", "named_file", "problem"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("case", "change", "named_file", "problem"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_is_one_clear_line_exit_2_nothing_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, change, named_file: str, problem: str  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    change,
+    named_file: str,
+    problem: str,  # type: ignore[no-untyped-def]
 ) -> None:
     root = write_cascade(tmp_path)
     write_hashes(root, io.StringIO())
@@ -155,7 +178,9 @@ def test_declared_values_are_read(tmp_path: Path) -> None:
         "img",
         'description = "d"\nbase = "reg.example/x:1@sha256:' + "0" * 64 + '"\nplatform = "linux/arm64"\n'
         'target = "final"\n[build_args]\nB = "2"\nA = "1"\n',
-        dockerfile="ARG BASE_IMAGE\nFROM ${BASE_IMAGE} AS builder\nFROM builder AS final\nFROM scratch AS other\n",
+        dockerfile=(
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE} AS builder\nFROM builder AS final\nFROM scratch AS other\n"
+        ),
     )
     spec = load_images(load_settings(tmp_path))["img"]
     assert spec.description == "d"

@@ -88,7 +88,9 @@ def _description(root: Path) -> None:
 
 
 def _smoke_section(root: Path) -> None:
-    (root / "images/a/image.toml").write_text('base = "127.0.0.1:5000/base:1"\n[cloudbuild]\ndisk_size_gb = 200\n')
+    (root / "images/a/image.toml").write_text(
+        'base = "127.0.0.1:5000/base:1"\n[cloudbuild]\ndisk_size_gb = 200\n'
+    )
 
 
 CHANGES: list[tuple[str, Callable[[Path], None], bool, str]] = [

@@ -36,14 +36,23 @@ HOOK_CASES = [
     ("current", _nothing, 0, []),
     ("leaf changed", _stale_leaf, 1, ["a1x: "]),
     ("root changed", _stale_root, 1, ["a: ", "a1: ", "a1x: ", "a2: "]),
-    ("no lock file", _no_lock, 1, ["a: (none) → ", "a1: (none)", "a1x: (none)", "a2: (none)", "other: (none)",
-                                  "other-child: (none)"]),
+    (
+        "no lock file",
+        _no_lock,
+        1,
+        ["a: (none) → ", "a1: (none)", "a1x: (none)", "a2: (none)", "other: (none)", "other-child: (none)"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "change", "code", "prefixes"), HOOK_CASES, ids=[c[0] for c in HOOK_CASES])
 def test_main(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, change, code: int, prefixes: list[str]  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    change,
+    code: int,
+    prefixes: list[str],  # type: ignore[no-untyped-def]
 ) -> None:
     root = write_cascade(tmp_path)
     write_hashes(root, io.StringIO())
