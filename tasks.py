@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit, Task, task
 
 from imagecascade.errors import BackendError, CascadeError
 from imagecascade.settings import Settings, find_root, load_settings
-
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -113,4 +113,228 @@ def graph(c: Context, format: str = "tree") -> None:
 
 # Invoke reads `--json` as the `json_` parameter.
 plan.help["json"] = plan.help.pop("json")
-ns = Collection(hashes, plan, graph)
+BACKENDS = ("local", "cloudbuild")
+
+
+def _backend(name: str, settings: Settings, cloud: dict[str, Any] | None = None) -> Any:
+    if name == "local":
+        from imagecascade.local_backend import LocalBackend
+
+        return LocalBackend()
+    if name == "cloudbuild":
+        from imagecascade.cloudbuild import CloudBuildBackend, CloudBuildFlags
+
+        return CloudBuildBackend(settings, CloudBuildFlags(**(cloud or {})))
+    raise Exit(
+        f"error: --backend: unknown or unavailable backend {name!r} (available: {', '.join(BACKENDS)})",
+        code=2,
+    )
+
+
+def _live_output(out: Any) -> bool:
+    """Live progress on a terminal; plain timestamped lines in CI and in logs."""
+    return bool(out.is_terminal) and os.environ.get("CI", "").lower() in ("", "0", "false")
+
+
+def _store(backend: str, settings: Settings) -> Any:
+    """Where "already built" is decided: Cloud Build asks the registry with an ADC token."""
+    if backend == "cloudbuild":
+        from imagecascade.cloudbuild import cloudbuild_store
+
+        return cloudbuild_store(settings)
+    from imagecascade.store import open_store
+
+    return open_store(settings.registry)
+
+
+def _run_cascade(
+    options: Any,
+    registry: str | None,
+    jobs: int | None,
+    backend: str,
+    cloud_settings: dict[str, Any] | None = None,
+    cloud: dict[str, Any] | None = None,
+) -> None:
+    """Plan, build what is missing, render progress and the summary, map the outcome to an exit code."""
+    import dataclasses
+
+    from imagecascade.cascade import run_cascade
+    from imagecascade.plan import compute_plan
+    from imagecascade.render import CascadeReporter, console, dry_run_table, failure_logs, summary_table
+
+    settings = _settings(registry=registry, jobs=jobs, **(cloud_settings or {}))
+    options = dataclasses.replace(options, jobs=settings.jobs)
+    out = console()
+    try:
+        current = compute_plan(settings)
+        chosen = _backend(backend, settings, cloud)
+        store = _store(backend, settings)
+        if options.dry_run:
+            result = run_cascade(current, store, chosen, options)
+        else:
+            names = [image.name for image in current.images]
+            with CascadeReporter(out, names, live=_live_output(out)) as reporter:
+                result = run_cascade(current, store, chosen, options, on_event=reporter)
+    except KeyboardInterrupt:
+        raise Exit("interrupted: nothing was built", code=130) from None
+    except CascadeError as error:
+        raise _fail(error) from error
+    if options.dry_run:
+        out.print(dry_run_table(result))
+        return
+    out.print(summary_table(result))
+    for line in failure_logs(result):
+        out.print(line, markup=False, highlight=False)
+    if result.backend_error:
+        raise Exit(f"error: stopped: {result.backend_error}", code=BackendError.exit_code)
+    if result.cancelled:
+        raise Exit(
+            "interrupted: unfinished images were left untagged; rerun to build what is missing", code=130
+        )
+    if not result.ok:
+        failed, blocked = result.names("failed"), result.names("blocked")
+        raise Exit(
+            f"error: failed: {', '.join(failed) or 'none'}; blocked: {', '.join(blocked) or 'none'}. "
+            "Fix and rerun: only what is still missing is built.",
+            code=1,
+        )
+
+
+_CASCADE_HELP = {
+    "registry": "push to and look up in this registry (REF/<image>) instead of the configured one",
+    "jobs": "images built at the same time (default from cascade.toml, else 2)",
+    "force": "rebuild even when the hash tag exists",
+    "dry_run": "print what would be built and why; build nothing, send nothing",
+    "backend": f"where to build: {', '.join(BACKENDS)}",
+    "project": "cloudbuild: the Google Cloud project (default: [cloudbuild] project in cascade.toml)",
+    "region": "cloudbuild: the region to build in (default: image.toml, then cascade.toml, else global)",
+    "bucket": "cloudbuild: the bucket for source tarballs (default: <project>_cloudbuild)",
+    "machine_type": "cloudbuild: machine type for every image, e.g. E2_HIGHCPU_32 (default: image.toml)",
+    "disk_size": "cloudbuild: disk size in GB for every image (default: image.toml)",
+    "timeout": "cloudbuild: build timeout in minutes for every image (default: image.toml)",
+    "worker_pool": "cloudbuild: private pool projects/P/locations/R/workerPools/NAME (default: image.toml)",
+    "queued_timeout": "cloudbuild: cancel a build still QUEUED after this many seconds (default: wait)",
+}
+
+
+def _number(flag: str, value: Any, kind: type) -> Any:
+    """Invoke hands optional flags over as strings."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise Exit(f"error: --{flag.replace('_', '-')}: {value!r} is not a number", code=2) from None
+
+
+@task(help=_CASCADE_HELP)
+def cascade(
+    c: Context,
+    registry: str | None = None,
+    jobs: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    backend: str = "local",
+    project: str | None = None,
+    region: str | None = None,
+    bucket: str | None = None,
+    machine_type: str | None = None,
+    disk_size: int | None = None,
+    timeout: int | None = None,
+    worker_pool: str | None = None,
+    queued_timeout: float | None = None,
+) -> None:
+    """Build every image missing in the target: parents first, independent lineages in parallel."""
+    from imagecascade.cascade import CascadeOptions
+
+    cloud_settings = {"cloudbuild_project": project, "cloudbuild_bucket": bucket}
+    cloud = {
+        "machine_type": machine_type,
+        "disk_size_gb": _number("disk_size", disk_size, int),
+        "timeout_minutes": _number("timeout", timeout, int),
+        "worker_pool": worker_pool,
+        "region": region,
+        "queued_timeout": _number("queued_timeout", queued_timeout, float),
+    }
+    jobs = _number("jobs", jobs, int)
+    _run_cascade(CascadeOptions(force=force, dry_run=dry_run), registry, jobs, backend, cloud_settings, cloud)
+
+
+def _image_task(name: str, description: str) -> Task[Any]:
+    def build_image(
+        c: Context,
+        force: bool = False,
+        with_parents: bool = False,
+        registry: str | None = None,
+        dry_run: bool = False,
+        backend: str = "local",
+    ) -> None:
+        from imagecascade.cascade import CascadeOptions
+
+        options = CascadeOptions(only=(name,), with_parents=with_parents, force=force, dry_run=dry_run)
+        _run_cascade(options, registry, None, backend)
+
+    build_image.__doc__ = (description or f"Build image {name}") + (
+        f"\n\nBuilds images/{name} when its hash tag is missing in the target."
+    )
+    return Task(
+        build_image,
+        name=f"build-{name.replace('.', '-').replace('_', '-')}",
+        help={
+            "force": "rebuild even when the hash tag exists",
+            "with_parents": "also build missing parent images first (otherwise a missing parent stops)",
+            "registry": _CASCADE_HELP["registry"],
+            "dry_run": _CASCADE_HELP["dry_run"],
+            "backend": _CASCADE_HELP["backend"],
+        },
+    )
+
+
+def _image_tasks() -> list[Task[Any]]:
+    """One `build-<image>` task per images/<name>/image.toml, read cheaply (no hashing)."""
+    import tomllib
+
+    try:
+        images_dir = find_root(Path.cwd()) / "images"
+    except CascadeError:
+        return []
+    found = []
+    for declaration in sorted(images_dir.glob("*/image.toml")):
+        try:
+            description = str(tomllib.loads(declaration.read_text(encoding="utf-8")).get("description", ""))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            description = ""  # the task still exists; running it reports the problem
+        found.append(
+            _image_task(
+                declaration.parent.name, description.strip().splitlines()[0] if description.strip() else ""
+            )
+        )
+    return found
+
+
+@task(help={"check": "only report moved upstream tags; exit 1 when any moved"})
+def upstream(c: Context, check: bool = False) -> None:
+    """Repin each external base in image.toml to the digest its tag has now."""
+    from imagecascade.declaration import load_images
+    from imagecascade.registry import RegistryClient
+    from imagecascade.upstream import rewrite_pin, upstream_pins
+
+    settings = _settings()
+    try:
+        pins = upstream_pins(load_images(settings), RegistryClient())
+        moved = [pin for pin in pins if pin.moved]
+        for pin in moved:
+            print(pin.describe())
+            if not check:
+                rewrite_pin(pin.declaration, pin.current, pin.latest)
+    except CascadeError as error:
+        raise _fail(error) from error
+    if not moved:
+        print(f"{len(pins)} external base{'s' if len(pins) != 1 else ''}: all pins current")
+        return
+    if check:
+        raise Exit(f"{len(moved)} upstream tag(s) moved; run `invoke upstream` to repin", code=1)
+    print(f"repinned {len(moved)}; the lock is now stale: run `invoke hashes --write`, then `invoke cascade`")
+
+
+ns = Collection(hashes, plan, graph, cascade, upstream, *_image_tasks())

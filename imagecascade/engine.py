@@ -7,10 +7,18 @@ private-range addresses), and engine failures raise BackendError, never "missing
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import http.client
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
 
 import docker
 import docker.errors
+import docker.types
+import docker.utils
+import requests.exceptions
+import urllib3.exceptions
 
 from imagecascade.errors import BackendError
 
@@ -24,23 +32,37 @@ class ImageInfo:
     config: dict[str, Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class ContainerRun:
+    """How one throwaway container ended; `error` is set when it could not start."""
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    error: str | None = None
+
+
 class Engine:
     """A small set of verbs over one Docker Engine connection."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, connection: dict[str, Any] | None = None) -> None:
         self._client = client
+        # How to open another connection to the same engine (one per build stream).
+        self._connection = connection
 
     @classmethod
     def from_environment(cls) -> Engine:
         """Connect to what DOCKER_HOST (or the default socket) points at."""
         try:
-            client = docker.from_env(timeout=600)
+            connection = docker.utils.kwargs_from_env()
+            client = docker.DockerClient(timeout=600, **connection)
             client.ping()
         except docker.errors.DockerException as error:
             raise BackendError(
                 f"Docker Engine: cannot connect ({error}); start dockerd or set DOCKER_HOST"
             ) from error
-        return cls(client)
+        return cls(client, connection)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -60,5 +82,218 @@ class Engine:
     def image_exists(self, reference: str) -> bool:
         return self.inspect_image(reference) is not None
 
+    def run_container(
+        self,
+        reference: str,
+        *,
+        entrypoint: Sequence[str],
+        command: Sequence[str],
+        timeout_seconds: float,
+        gpus: bool = False,
+    ) -> ContainerRun:
+        """Run `entrypoint command` in a fresh, network-less, unprivileged container, then remove it.
+
+        The container is killed after `timeout_seconds`; with `gpus`, it asks for every GPU.
+        """
+        device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
+        try:
+            container = self._client.containers.create(
+                reference,
+                entrypoint=list(entrypoint),
+                command=list(command),
+                network_mode="none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                device_requests=device_requests,
+                labels={"imagecascade.role": "smoke"},
+            )
+        except docker.errors.ImageNotFound as error:
+            raise BackendError(f"Docker Engine: no image {reference} to run: {error}") from error
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot create a container of {reference}: {error}") from error
+        try:
+            try:
+                container.start()
+            except docker.errors.APIError as error:
+                # Usually the image's fault (no such interpreter), not the engine's.
+                reason = str(error.explanation or error)
+                return ContainerRun(exit_code=None, stdout="", stderr="", error=reason)
+            timed_out = False
+            exit_code: int | None = None
+            try:
+                status = container.wait(timeout=timeout_seconds)
+                exit_code = int(status.get("StatusCode", -1))
+            except requests.exceptions.RequestException:
+                timed_out = True
+                container.kill()
+            stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+            return ContainerRun(exit_code=exit_code, stdout=stdout, stderr=stderr, timed_out=timed_out)
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: container of {reference} failed: {error}") from error
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as error:
+                raise BackendError(
+                    f"Docker Engine: cannot remove container {container.id}: {error}"
+                ) from error
+
+    def gpu_available(self) -> bool:
+        """Whether this engine can hand GPUs to containers (an NVIDIA runtime is registered)."""
+        try:
+            info = self._client.info()
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot read engine info: {error}") from error
+        runtimes = info.get("Runtimes") or {}
+        return (
+            any("nvidia" in name.lower() for name in runtimes)
+            or "nvidia" in str(info.get("DefaultRuntime", "")).lower()
+        )
+
+    def build_stream(
+        self,
+        context: IO[bytes],
+        *,
+        dockerfile: str,
+        build_args: dict[str, str],
+        labels: dict[str, str],
+        platform: str | None,
+        target: str | None,
+        cancelled: threading.Event,
+    ) -> Iterator[dict[str, Any]]:
+        """Send a tar context to the classic builder; yield its decoded stream chunks.
+
+        Builds with host networking and no tag: the caller tags only a finished image. Chunks
+        carrying `error` are yielded, not raised. When `cancelled` is set, the connection is cut,
+        which makes the engine stop the build and remove its containers; the stream then ends.
+        """
+        api = _StreamingClient(
+            timeout=None, version=self._client.api.api_version, **self._connection_kwargs()
+        )
+        finished = threading.Event()
+        try:
+            try:
+                chunks = api.build(
+                    fileobj=context,
+                    custom_context=True,
+                    dockerfile=dockerfile,
+                    buildargs=build_args,
+                    labels=labels,
+                    platform=platform,
+                    target=target,
+                    network_mode="host",
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                    decode=True,
+                )
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+                raise BackendError(f"Docker Engine: cannot start a build: {error}") from error
+            cutter = threading.Thread(
+                target=_cut_when_cancelled, args=(api, cancelled, finished), name="build-cancel", daemon=True
+            )
+            cutter.start()
+            try:
+                yield from chunks
+            except _STREAM_ERRORS as error:
+                if cancelled.is_set():
+                    return
+                raise BackendError(f"Docker Engine: the build stream broke off: {error}") from error
+        finally:
+            finished.set()
+            api.close()
+
+    def tag_image(self, image_id: str, reference: str) -> None:
+        repository, tag = split_reference(reference)
+        try:
+            self._client.api.tag(image_id, repository, tag)
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot tag {image_id} as {reference}: {error}") from error
+
+    def push_image(self, reference: str) -> tuple[str | None, str | None]:
+        """Push `reference`; (digest, None) on success, (None, error text) when the stream reports one.
+
+        Failures to talk to the engine itself raise BackendError.
+        """
+        repository, tag = split_reference(reference)
+        digest: str | None = None
+        try:
+            for chunk in self._client.api.push(repository, tag=tag, stream=True, decode=True):
+                if chunk.get("error"):
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    return None, str(detail)
+                aux = chunk.get("aux") or {}
+                if aux.get("Digest"):
+                    digest = str(aux["Digest"])
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise BackendError(f"Docker Engine: cannot push {reference}: {error}") from error
+        return digest, None
+
+    def remove_image(self, reference: str, *, force: bool = False) -> None:
+        """Remove (or untag) an image; absent images and images still in use are left alone."""
+        try:
+            self._client.api.remove_image(reference, force=force, noprune=False)
+        except (docker.errors.NotFound, docker.errors.ImageNotFound):
+            pass
+        except docker.errors.APIError as error:
+            if error.status_code == 409:  # still used by a container or another tag
+                return
+            raise BackendError(f"Docker Engine: cannot remove {reference}: {error}") from error
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot remove {reference}: {error}") from error
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        if self._connection is not None:
+            return dict(self._connection)
+        return dict(docker.utils.kwargs_from_env())
+
     def close(self) -> None:
         self._client.close()
+
+
+# What a broken or cut build stream raises: the stream is read from the raw urllib3 response.
+_STREAM_ERRORS = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """`repo[:tag]` → (repo, tag); a colon inside the registry host is not a tag."""
+    repository, _, tag = reference.rpartition(":")
+    if not repository or "/" in tag:
+        return reference, "latest"
+    return repository, tag
+
+
+class _StreamingClient(docker.APIClient):  # type: ignore[misc]
+    """An API connection that remembers the response it streams, so another thread can cut it."""
+
+    streamed_response: Any = None
+
+    def _stream_helper(self, response: Any, decode: bool = False) -> Any:
+        self.streamed_response = response
+        return super()._stream_helper(response, decode=decode)
+
+
+def _cut_when_cancelled(api: _StreamingClient, cancelled: threading.Event, finished: threading.Event) -> None:
+    while not finished.wait(0.1):
+        if cancelled.is_set():
+            break
+    else:
+        return
+    response = api.streamed_response
+    if response is None:
+        return
+    try:
+        raw = api._get_raw_response_socket(response)
+        # Shutting the socket down wakes the reading thread; closing it would not.
+        getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError, docker.errors.DockerException):
+        pass

@@ -1,14 +1,28 @@
 """The Docker Registry HTTP API v2: tag lookups by manifest HEAD, without pulling.
 
-The only module that speaks to registries over HTTP.
+The only module that speaks to registries over HTTP. Token auth follows the registry token
+specification: a 401 with `WWW-Authenticate: Bearer realm=...,service=...,scope=...` sends us to
+the realm for a token (anonymous, or with the basic credentials `docker login` stored), then the
+request is repeated with it. Transient answers (429, 502, 503, 504, reset connections) are retried
+a few times; everything else that is not 200 or 404 is a BackendError, never "missing".
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import http.client
+import json
+import os
+import re
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import tenacity
 
 from imagecascade.errors import BackendError
 
@@ -20,6 +34,9 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.oci.image.index.v1+json",
     )
 )
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+DOCKER_HUB = "registry-1.docker.io"
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +52,7 @@ class RepositoryRef:
         if not repository or ("." not in host and ":" not in host and host != "localhost"):
             # Docker Hub short names: library images live under library/.
             repository = reference if "/" in reference else f"library/{reference}"
-            host = "registry-1.docker.io"
+            host = DOCKER_HUB
         return cls(host=host, repository=repository)
 
     @property
@@ -44,11 +61,80 @@ class RepositoryRef:
         return f"{'http' if loopback else 'https'}://{self.host}"
 
 
-class RegistryClient:
-    """Manifest lookups against one registry."""
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """`[host/]path[:tag][@digest]` split into its parts; the tag defaults to `latest`."""
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    repository: str  # with the host, as written
+    tag: str
+    digest: str | None
+
+    @classmethod
+    def parse(cls, reference: str) -> ImageRef:
+        name, _, digest = reference.partition("@")
+        slash = name.rfind("/")
+        colon = name.rfind(":")
+        if colon > slash:
+            repository, tag = name[:colon], name[colon + 1 :]
+        else:
+            repository, tag = name, "latest"
+        return cls(repository=repository, tag=tag, digest=digest or None)
+
+    def pinned(self, digest: str) -> str:
+        return f"{self.repository}:{self.tag}@{digest}"
+
+
+class _Transient(Exception):
+    """An answer worth asking again (429, 5xx gateway errors, a reset connection)."""
+
+
+def load_docker_credentials(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """host → (user, password) from the `auths` of the docker CLI's config.json (basic auth only).
+
+    Credential helpers are not consulted: those registries are asked anonymously.
+    """
+    environ = os.environ if environ is None else environ
+    folder = Path(environ["DOCKER_CONFIG"]) if environ.get("DOCKER_CONFIG") else Path.home() / ".docker"
+    path = folder / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise BackendError(f"{path}: cannot read docker credentials: {error}") from error
+    credentials: dict[str, tuple[str, str]] = {}
+    for key, entry in (data.get("auths") or {}).items():
+        encoded = entry.get("auth") if isinstance(entry, dict) else None
+        if not encoded:
+            continue
+        try:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        host = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
+        if host in ("index.docker.io", "docker.io"):
+            host = DOCKER_HUB
+        credentials[host] = (user, password)
+    return credentials
+
+
+class RegistryClient:
+    """Manifest lookups against registries, with token auth and bounded retries."""
+
+    def __init__(
+        self,
+        timeout: float = 30.0,
+        *,
+        credentials: Mapping[str, tuple[str, str]] | None = None,
+        attempts: int = 4,
+        backoff: float = 0.25,
+    ) -> None:
         self._timeout = timeout
+        self._credentials = credentials
+        self._attempts = attempts
+        self._backoff = backoff
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
 
     def manifest_digest(self, repository: str, tag: str) -> str | None:
         """The digest of `repository:tag`, None when the registry says it does not exist.
@@ -57,14 +143,129 @@ class RegistryClient:
         """
         ref = RepositoryRef.parse(repository)
         url = f"{ref.base_url}/v2/{ref.repository}/manifests/{tag}"
-        request = urllib.request.Request(url, method="HEAD", headers={"Accept": MANIFEST_TYPES})
+        status, headers = self._head(ref, url)
+        if status == 404:
+            return None
+        return headers.get("docker-content-digest", "") or "unknown-digest"
+
+    def tag_digest(self, reference: str) -> str:
+        """The current digest of `reference`'s tag (any pinned digest in it is ignored)."""
+        image = ImageRef.parse(reference)
+        digest = self.manifest_digest(image.repository, image.tag)
+        if digest is None:
+            raise BackendError(
+                f"registry {RepositoryRef.parse(image.repository).host}: {reference}: no such tag"
+            )
+        if digest == "unknown-digest":
+            raise BackendError(f"registry: {reference}: the answer carried no Docker-Content-Digest")
+        return digest
+
+    def _head(self, ref: RepositoryRef, url: str) -> tuple[int, dict[str, str]]:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Transient),
+            stop=tenacity.stop_after_attempt(self._attempts),
+            wait=tenacity.wait_exponential(multiplier=self._backoff, max=4.0),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._head_once(ref, url)
+        except _Transient as error:
+            raise BackendError(
+                f"registry {ref.host}: HEAD {url}: {error} (still failing after {self._attempts} tries)"
+            ) from error
+        raise AssertionError("unreachable")
+
+    def _head_once(self, ref: RepositoryRef, url: str) -> tuple[int, dict[str, str]]:
+        scope_key = (ref.host, ref.repository)
+        authorization = self._tokens.get(scope_key)
+        for first_pass in (True, False):  # the second pass carries the credentials a 401 asked for
+            headers = {"Accept": MANIFEST_TYPES}
+            if authorization:
+                headers["Authorization"] = authorization
+            status, answer = self._request(url, "HEAD", headers, ref)
+            if status == 401 and first_pass:
+                authorization = self._authorize(ref, answer.get("www-authenticate", ""), url)
+                with self._lock:
+                    self._tokens[scope_key] = authorization
+                continue
+            if status in (200, 404):
+                return status, answer
+            raise BackendError(f"registry {ref.host}: HEAD {url} answered {status}{_auth_hint(status)}")
+        raise AssertionError("unreachable")
+
+    def _request(
+        self, url: str, method: str, headers: Mapping[str, str], ref: RepositoryRef
+    ) -> tuple[int, dict[str, str]]:
+        """(status, headers); transient failures raise _Transient, unreachable hosts BackendError."""
+        request = urllib.request.Request(url, method=method, headers=dict(headers))
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return str(response.headers.get("Docker-Content-Digest", "")) or "unknown-digest"
+                return response.status, _lower(response.headers.items())
         except urllib.error.HTTPError as error:
-            if error.code == 404:
-                return None
-            raise BackendError(f"registry {ref.host}: HEAD {url} answered {error.code} {error.reason}") from error
+            if error.code in RETRY_STATUSES:
+                raise _Transient(f"answered {error.code} {error.reason}") from error
+            return error.code, _lower(error.headers.items())
+        except (ConnectionResetError, http.client.RemoteDisconnected, http.client.IncompleteRead) as error:
+            raise _Transient(f"connection reset ({error})") from error
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             reason = getattr(error, "reason", error)
+            if isinstance(reason, ConnectionResetError):
+                raise _Transient(f"connection reset ({reason})") from error
             raise BackendError(f"registry {ref.host}: cannot reach it ({reason})") from error
+
+    def _authorize(self, ref: RepositoryRef, challenge: str, url: str) -> str:
+        """The Authorization header value a 401 challenge asks for."""
+        scheme, _, params_text = challenge.partition(" ")
+        params = dict(_CHALLENGE_PARAM.findall(params_text))
+        credentials = self._credentials_for(ref.host)
+        if scheme.lower() == "basic":
+            if credentials is None:
+                raise BackendError(
+                    f"registry {ref.host}: HEAD {url} needs credentials; run `docker login {ref.host}`"
+                )
+            return "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+        if scheme.lower() != "bearer" or "realm" not in params:
+            raise BackendError(f"registry {ref.host}: HEAD {url} answered 401 with challenge {challenge!r}")
+        query = {key: params[key] for key in ("service", "scope") if key in params}
+        query.setdefault("scope", f"repository:{ref.repository}:pull")
+        token_url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
+        headers = {}
+        if credentials is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+        realm = RepositoryRef(host=urllib.parse.urlsplit(params["realm"]).netloc, repository="")
+        token_request = urllib.request.Request(token_url, headers=headers)
+        try:
+            with urllib.request.urlopen(token_request, timeout=self._timeout) as response:
+                document = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise BackendError(
+                f"registry {ref.host}: the token service {realm.host} answered {error.code} {error.reason}"
+                + ("" if credentials else f"; if the repository is private, run `docker login {ref.host}`")
+            ) from error
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise BackendError(
+                f"registry {ref.host}: cannot get a token from {realm.host} ({reason})"
+            ) from error
+        token = document.get("token") or document.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise BackendError(f"registry {ref.host}: the token service {realm.host} gave no token")
+        return f"Bearer {token}"
+
+    def _credentials_for(self, host: str) -> tuple[str, str] | None:
+        if self._credentials is None:
+            self._credentials = load_docker_credentials()
+        return self._credentials.get(host)
+
+
+def _lower(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers keyed by lower-case name: HTTP header names are case-insensitive."""
+    return {key.lower(): value for key, value in items}
+
+
+def _auth_hint(status: int) -> str:
+    if status in (401, 403):
+        return " (not authorised: check `docker login` for this registry)"
+    return ""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime
+import time
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from imagecascade.backend import BuildEvent
+from imagecascade.cascade import CascadeResult
 from imagecascade.plan import Plan
 
 
@@ -30,3 +36,126 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> Table
         build = f"[{colour}]{state}[/]" + (f" ({detail})" if state == "unknown" else "")
         table.add_row(image.name, origin, image.tag, lock, build, "; ".join(image.reasons))
     return table
+
+
+class CascadeReporter:
+    """Shows build events: a live table per image on a terminal, plain timestamped lines elsewhere.
+
+    Use as a context manager around the run; call it with each BuildEvent.
+    """
+
+    def __init__(self, out: Console, names: Sequence[str], *, live: bool) -> None:
+        self._out = out
+        self._rows: dict[str, _Row] = {name: _Row() for name in names}
+        self._live: Live | None = (
+            Live(_LiveTable(self._rows), console=out, refresh_per_second=4, transient=False) if live else None
+        )
+
+    def __enter__(self) -> CascadeReporter:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def __call__(self, event: BuildEvent) -> None:
+        row = self._rows.setdefault(event.image, _Row())
+        if event.kind == "started":
+            row.started = time.monotonic()
+            row.status = "building"
+        elif event.kind == "step":
+            row.step = f"{event.step}/{event.steps}"
+            row.detail = event.message
+        elif event.kind == "state":
+            if row.started is None:  # the decision: present, or queued with the reason
+                row.status = "present" if event.message.startswith("present") else "queued"
+            row.detail = event.message
+        elif event.kind == "pushed":
+            row.detail = f"pushed {event.message}"
+        elif event.kind == "finished":
+            row.status = event.message.split(" ", 1)[0].rstrip(":")
+            row.detail = event.message
+            row.finished = time.monotonic()
+        if self._live is None and event.kind != "log":
+            self._print_line(event)
+
+    def _print_line(self, event: BuildEvent) -> None:
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        text = f"step {event.step}/{event.steps}: {event.message}" if event.kind == "step" else event.message
+        self._out.print(f"{stamp} {event.image}: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+class _Row:
+    def __init__(self) -> None:
+        self.status = "waiting"
+        self.step = ""
+        self.detail = ""
+        self.started: float | None = None
+        self.finished: float | None = None
+
+    def elapsed(self) -> str:
+        if self.started is None:
+            return ""
+        return f"{(self.finished or time.monotonic()) - self.started:.0f} s"
+
+
+class _LiveTable:
+    def __init__(self, rows: Mapping[str, _Row]) -> None:
+        self._rows = rows
+
+    def __rich__(self) -> Table:
+        table = Table(box=None, pad_edge=False)
+        widest = max((len(name) for name in self._rows), default=5)
+        table.add_column("image", no_wrap=True, min_width=widest)
+        table.add_column("status", no_wrap=True, min_width=9)
+        table.add_column("step", no_wrap=True, min_width=5, justify="right")
+        table.add_column("elapsed", no_wrap=True, min_width=7, justify="right")
+        table.add_column("now", no_wrap=True, overflow="ellipsis", ratio=1)
+        for name, row in self._rows.items():
+            table.add_row(name, _colour_status(row.status), row.step, row.elapsed(), Text(row.detail))
+        return table
+
+
+def _colour_status(status: str) -> Text:
+    colour = {"built": "green", "present": "green", "building": "cyan", "failed": "red", "blocked": "yellow"}
+    return Text(status, style=colour.get(status, ""))
+
+
+def dry_run_table(result: CascadeResult) -> Table:
+    table = Table(title=f"cascade --dry-run ({result.target}): nothing was built")
+    for column in ("image", "would", "why", "reference"):
+        table.add_column(column, overflow="fold")
+    for item in result.results:
+        action = "[yellow]build[/]" if item.outcome == "would build" else "[green]keep[/]"
+        table.add_row(item.name, action, item.reason, item.reference)
+    return table
+
+
+def summary_table(result: CascadeResult) -> Table:
+    table = Table(title=f"cascade ({result.target})")
+    for column in ("image", "action", "duration", "reference / reason"):
+        table.add_column(column, overflow="fold")
+    colour = {
+        "built": "green",
+        "present": "green",
+        "failed": "red",
+        "blocked": "yellow",
+        "cancelled": "yellow",
+    }
+    for item in result.results:
+        duration = f"{item.duration:.1f} s" if item.outcome in ("built", "failed", "cancelled") else ""
+        detail = item.reference if item.outcome in ("built", "present") else item.reason
+        table.add_row(item.name, f"[{colour.get(item.outcome, '')}]{item.outcome}[/]", duration, detail)
+    return table
+
+
+def failure_logs(result: CascadeResult) -> list[str]:
+    """The last log lines of each failed build, ready to print."""
+    lines: list[str] = []
+    for item in result.results:
+        if item.outcome == "failed" and item.log_tail:
+            lines.append(f"--- {item.name}: last {len(item.log_tail)} lines of the build log ---")
+            lines.extend(item.log_tail)
+    return lines

@@ -1,0 +1,464 @@
+"""The cascade: decide what is stale in the target, then build it parents first, lineages in parallel.
+
+Pure scheduling: the target is an ImageStore, the builds go to a Backend, and everything a user
+sees is reported through `on_event`. An image counts as built if and only if its hash tag exists
+in the target; a store or backend error stops the run and is never taken as "missing".
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import subprocess
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from imagecascade.backend import Backend, BuildError, BuildEvent, BuildRequest
+from imagecascade.errors import BackendError, ConfigError, NotBuilt
+from imagecascade.graph import ancestors
+from imagecascade.plan import Plan, PlannedImage, image_reference
+from imagecascade.store import ImageStore
+
+Action = Literal["present", "build", "blocked"]
+Outcome = Literal["built", "present", "failed", "blocked", "cancelled", "would build"]
+LOG_TAIL_LINES = 30
+LOOKUP_THREADS = 8
+
+LABEL_REVISION = "org.opencontainers.image.revision"
+LABEL_CREATED = "org.opencontainers.image.created"
+LABEL_SOURCE = "org.opencontainers.image.source"
+LABEL_TITLE = "org.opencontainers.image.title"
+LABEL_DESCRIPTION = "org.opencontainers.image.description"
+LABEL_HASH = "io.imagecascade.freshness-hash"
+LABEL_PARENT_HASH = "io.imagecascade.parent-hash"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CascadeOptions:
+    only: tuple[str, ...] = ()  # empty: every image of the plan
+    with_parents: bool = False  # with `only`: also build missing ancestors
+    force: bool = False  # rebuild the selected images even when their tag exists
+    jobs: int = 2
+    dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Decision:
+    name: str
+    action: Action
+    reason: str
+    reference: str  # where the image lives: `<repo>:<hash tag>`
+    base_reference: str  # what BASE_IMAGE will be
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageResult:
+    name: str
+    outcome: Outcome
+    reason: str
+    reference: str
+    duration: float = 0.0
+    digest: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CascadeResult:
+    target: str
+    results: tuple[ImageResult, ...]
+    cancelled: bool = False
+    backend_error: str = ""  # set when the engine or registry failed mid-run
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.cancelled
+            and not self.backend_error
+            and all(result.outcome in ("built", "present", "would build") for result in self.results)
+        )
+
+    def outcome_of(self, name: str) -> Outcome:
+        for result in self.results:
+            if result.name == name:
+                return result.outcome
+        raise KeyError(name)
+
+    def names(self, outcome: Outcome) -> list[str]:
+        return [result.name for result in self.results if result.outcome == outcome]
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    revision: str  # commit, `-dirty` when the tree has changes; "unknown" outside git
+    source: str  # the origin remote without credentials, or ""
+
+
+def base_reference(plan: Plan, image: PlannedImage) -> str:
+    """BASE_IMAGE: the parent's exact hash tag in the target, or the base as declared."""
+    if image.spec.parent is None:
+        assert image.spec.base is not None
+        return image.spec.base
+    parent = plan.get(image.spec.parent)
+    return image_reference(parent.name, parent.tag, plan.settings.registry)
+
+
+def selection(plan: Plan, options: CascadeOptions) -> list[str]:
+    """The names a run is about, in dependency order."""
+    names = [image.name for image in plan.images]
+    if not options.only:
+        return names
+    unknown = sorted(set(options.only) - set(names))
+    if unknown:
+        raise ConfigError(f"no such image: {', '.join(unknown)} (images/ has: {', '.join(names)})")
+    chosen = set(options.only)
+    if options.with_parents:
+        for name in options.only:
+            chosen.update(ancestors(plan.specs, name))
+    return [name for name in names if name in chosen]
+
+
+def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decision]:
+    """What to do with each selected image, and why. Store errors propagate (BackendError)."""
+    names = selection(plan, options)
+    chosen = set(names)
+    # Parents outside the selection must be present for a child to build on them.
+    outside = {
+        plan.get(name).spec.parent
+        for name in names
+        if plan.get(name).spec.parent is not None and plan.get(name).spec.parent not in chosen
+    }
+    # --force applies to the named images; ancestors added by --with-parents build only when missing.
+    forced = {name for name in names if options.force and (not options.only or name in options.only)}
+    lookups = [name for name in names if name not in forced] + sorted(n for n in outside if n is not None)
+    present = _look_up(plan, store, lookups)
+    target = store.description
+    decisions: list[Decision] = []
+    building: set[str] = set()
+    for name in names:
+        image = plan.get(name)
+        parent = image.spec.parent
+        reference = image_reference(name, image.tag, plan.settings.registry)
+        base = base_reference(plan, image)
+        parent_missing = parent is not None and parent not in chosen and not present[parent]
+        if parent_missing and (name in forced or not present[name]):
+            decisions.append(
+                Decision(
+                    name=name,
+                    action="blocked",
+                    reason=f"parent {parent}:{plan.get(str(parent)).tag} is missing in {target}",
+                    reference=reference,
+                    base_reference=base,
+                )
+            )
+            continue
+        action: Action
+        if name in forced:
+            action, reason = "build", "forced (--force)"
+        elif present[name]:
+            action, reason = "present", f"present in {target}"
+        elif parent in building:
+            action, reason = "build", f"missing in {target} (parent {parent} is rebuilt)"
+        else:
+            action, reason = "build", f"missing in {target}"
+        if action == "build":
+            building.add(name)
+        decisions.append(
+            Decision(name=name, action=action, reason=reason, reference=reference, base_reference=base)
+        )
+    return decisions
+
+
+def _look_up(plan: Plan, store: ImageStore, names: Sequence[str]) -> dict[str, bool]:
+    if not names:
+        return {}
+    workers = min(LOOKUP_THREADS, len(names))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup") as pool:
+        found = pool.map(lambda name: store.has(name, plan.get(name).tag), names)
+        return dict(zip(names, found, strict=True))
+
+
+def read_provenance(root: Path) -> Provenance:
+    """The git commit (dirty-marked) and origin remote of `root`; "unknown" outside git."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return Provenance(revision="unknown", source="")
+    status = git("status", "--porcelain")
+    revision = commit + ("-dirty" if status else "")
+    return Provenance(
+        revision=revision, source=_without_credentials(git("remote", "get-url", "origin") or "")
+    )
+
+
+def _without_credentials(url: str) -> str:
+    if "://" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_request(plan: Plan, image: PlannedImage, provenance: Provenance, created: str) -> BuildRequest:
+    """Everything the backend needs for one image: BASE_IMAGE, labels, both references."""
+    registry = plan.settings.registry
+    base = base_reference(plan, image)
+    labels = {
+        LABEL_REVISION: provenance.revision,
+        LABEL_CREATED: created,
+        LABEL_SOURCE: provenance.source,
+        LABEL_TITLE: image.name,
+        LABEL_DESCRIPTION: image.spec.description,
+        LABEL_HASH: image.hash,
+        LABEL_PARENT_HASH: image.parent_hash if image.parent_hash is not None else base,
+    }
+    return BuildRequest(
+        image=image,
+        base_reference=base,
+        build_args={**image.spec.build_args, "BASE_IMAGE": base},
+        labels=labels,
+        references=(
+            image_reference(image.name, image.tag, registry),
+            image_reference(image.name, "latest", registry),
+        ),
+        registry=registry,
+    )
+
+
+def run_cascade(
+    plan: Plan,
+    store: ImageStore,
+    backend: Backend,
+    options: CascadeOptions,
+    on_event: Callable[[BuildEvent], None] | None = None,
+    cancelled: threading.Event | None = None,
+) -> CascadeResult:
+    """Build what is missing (or forced) in dependency order, at most `options.jobs` at once.
+
+    A failed build blocks its descendants only. Ctrl-C (or `cancelled` set by the caller) stops
+    the running builds and starts no new ones. Raises NotBuilt when a selected image's parent is
+    missing and not selected, BackendError when the target cannot be asked; in both cases
+    nothing was built.
+    """
+    if options.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, not {options.jobs}")
+    lock = threading.Lock()
+
+    def emit(event: BuildEvent) -> None:
+        if on_event is not None:
+            with lock:
+                on_event(event)
+
+    decisions = decide(plan, store, options)
+    blocked = [decision for decision in decisions if decision.action == "blocked"]
+    if blocked:
+        first = blocked[0]
+        raise NotBuilt(
+            f"{first.name}: {first.reason}; build it first or add --with-parents"
+            + (f" ({len(blocked) - 1} more like this)" if len(blocked) > 1 else "")
+        )
+    for decision in decisions:
+        message = (
+            "would build: " if options.dry_run and decision.action == "build" else ""
+        ) + decision.reason
+        emit(BuildEvent(image=decision.name, kind="state", message=message))
+    if options.dry_run:
+        return CascadeResult(
+            target=store.description,
+            results=tuple(
+                ImageResult(
+                    name=decision.name,
+                    outcome="would build" if decision.action == "build" else "present",
+                    reason=decision.reason,
+                    reference=decision.reference,
+                )
+                for decision in decisions
+            ),
+        )
+    scheduler = _Scheduler(plan, backend, decisions, options.jobs, emit, cancelled or threading.Event())
+    return scheduler.run(store.description)
+
+
+class _Scheduler:
+    def __init__(
+        self,
+        plan: Plan,
+        backend: Backend,
+        decisions: list[Decision],
+        jobs: int,
+        emit: Callable[[BuildEvent], None],
+        cancelled: threading.Event,
+    ) -> None:
+        self.plan = plan
+        self.backend = backend
+        self.decisions = {decision.name: decision for decision in decisions}
+        self.order = [decision.name for decision in decisions]
+        self.jobs = jobs
+        self.emit = emit
+        self.cancelled = cancelled
+        self.results: dict[str, ImageResult] = {}
+        self.backend_error = ""
+        self._provenance: Provenance | None = None
+
+    def run(self, target: str) -> CascadeResult:
+        pending = [name for name in self.order if self.decisions[name].action == "build"]
+        for name in self.order:
+            decision = self.decisions[name]
+            if decision.action == "present":
+                self.results[name] = ImageResult(
+                    name=name, outcome="present", reason=decision.reason, reference=decision.reference
+                )
+        interrupted = False
+        if pending:
+            self._provenance = read_provenance(self.plan.settings.root)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="build")
+        running: dict[concurrent.futures.Future[ImageResult], str] = {}
+        try:
+            try:
+                while pending or running:
+                    if not self.cancelled.is_set():
+                        self._launch(pending, running, pool)
+                    elif pending:
+                        for name in pending:
+                            self._finish_unstarted(name, "cancelled", "not started: the run was stopped")
+                        pending.clear()
+                    if not running:
+                        continue
+                    done, _ = concurrent.futures.wait(
+                        running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        self._collect(running.pop(future), future)
+            except KeyboardInterrupt:
+                interrupted = True
+                self.cancelled.set()
+                for name in pending:
+                    self._finish_unstarted(name, "cancelled", "not started: interrupted")
+                # Running builds see `cancelled` and stop; wait for them so no tag lands afterwards.
+                while running:
+                    done, _ = concurrent.futures.wait(running, timeout=0.2)
+                    for future in done:
+                        self._collect(running.pop(future), future)
+        finally:
+            pool.shutdown(wait=True)
+        results = tuple(self.results[name] for name in self.order if name in self.results)
+        return CascadeResult(
+            target=target,
+            results=results,
+            cancelled=interrupted or (self.cancelled.is_set() and not self.backend_error),
+            backend_error=self.backend_error,
+        )
+
+    def _launch(
+        self,
+        pending: list[str],
+        running: dict[concurrent.futures.Future[ImageResult], str],
+        pool: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
+        in_flight = set(running.values())
+        for name in list(pending):
+            parent = self.plan.get(name).spec.parent
+            parent_result = self.results.get(parent) if parent else None
+            if parent_result is not None and parent_result.outcome in ("failed", "blocked", "cancelled"):
+                pending.remove(name)
+                verb = "failed" if parent_result.outcome == "failed" else "was not built"
+                self._finish_unstarted(name, "blocked", f"parent {parent} {verb}")
+                continue
+            if parent in pending or parent in in_flight:
+                continue  # waits for its parent
+            if len(running) >= self.jobs:
+                continue  # keep walking: descendants of failures still get marked blocked
+            pending.remove(name)
+            running[pool.submit(self._build, name)] = name
+            in_flight.add(name)
+
+    def _finish_unstarted(self, name: str, outcome: Outcome, reason: str) -> None:
+        decision = self.decisions[name]
+        self.results[name] = ImageResult(
+            name=name, outcome=outcome, reason=reason, reference=decision.reference
+        )
+        self.emit(BuildEvent(image=name, kind="finished", message=f"{outcome}: {reason}"))
+
+    def _build(self, name: str) -> ImageResult:
+        image = self.plan.get(name)
+        decision = self.decisions[name]
+        assert self._provenance is not None
+        request = build_request(self.plan, image, self._provenance, now_rfc3339())
+        started = time.monotonic()
+        self.emit(BuildEvent(image=name, kind="started", message=f"building ({decision.reason})"))
+        try:
+            outcome = self.backend.build(request, self.emit, self.cancelled)
+        except BuildError as error:
+            duration = time.monotonic() - started
+            if self.cancelled.is_set():
+                return ImageResult(
+                    name=name,
+                    outcome="cancelled",
+                    reason="stopped",
+                    reference=decision.reference,
+                    duration=duration,
+                    log_tail=error.log_tail[-LOG_TAIL_LINES:],
+                )
+            return ImageResult(
+                name=name,
+                outcome="failed",
+                reason=str(error),
+                reference=decision.reference,
+                duration=duration,
+                log_tail=error.log_tail[-LOG_TAIL_LINES:],
+            )
+        return ImageResult(
+            name=name,
+            outcome="built",
+            reason=decision.reason,
+            reference=decision.reference,
+            duration=time.monotonic() - started,
+            digest=outcome.digest,
+            log_tail=outcome.log_tail[-LOG_TAIL_LINES:],
+        )
+
+    def _collect(self, name: str, future: concurrent.futures.Future[ImageResult]) -> None:
+        decision = self.decisions[name]
+        try:
+            result = future.result()
+        except BackendError as error:
+            # The engine or registry failed: stop everything rather than guess.
+            if not self.backend_error:
+                self.backend_error = f"{name}: {error}"
+            self.cancelled.set()
+            result = ImageResult(name=name, outcome="failed", reason=str(error), reference=decision.reference)
+        except Exception as error:  # a bug or an unexpected failure of this one image
+            result = ImageResult(
+                name=name,
+                outcome="failed",
+                reason=f"{type(error).__name__}: {error}",
+                reference=decision.reference,
+            )
+        self.results[name] = result
+        if result.outcome == "built":
+            message = f"built in {result.duration:.1f} s"
+        elif result.outcome == "cancelled":
+            message = "cancelled"
+        else:
+            message = f"failed: {result.reason}"
+        self.emit(BuildEvent(image=name, kind="finished", message=message))
