@@ -1,0 +1,51 @@
+"""Checks around the cascade: tests, lint, and smoke checks of the built images.
+
+Thin on purpose: each session installs what it needs and runs one command; the logic lives in
+the package (`python -m imagecascade.smoke` for the smoke checks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the pytest suite (arguments after `--` go to pytest)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Run ruff, mypy --strict and hadolint on every images/*/Dockerfile."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    typed = ["imagecascade", *(name for name in ("tasks.py", "noxfile.py") if (ROOT / name).is_file())]
+    session.run("mypy", "--strict", *typed)
+    dockerfiles = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("images/*/Dockerfile"))
+    if dockerfiles:
+        session.run("hadolint", *dockerfiles)
+
+
+@nox.session
+def smoke(session: nox.Session) -> None:
+    """Verify the built images inside containers: `-- [--registry REF] [--require-gpu] [IMAGE ...]`."""
+    session.install(".", "docker", "rich")
+    session.run("python", "-m", "imagecascade.smoke", *session.posargs)
+
+
+@nox.session
+def resolve(session: nox.Session) -> None:
+    """Ask pip (dry run, no install) if arr-ml-stack's requirements resolve with torch==2.6.0 on py3.10."""
+    session.install(".")
+    # A machine-wide pip constraint file (PIP_CONSTRAINT or pip.conf) must not change the answer.
+    session.run("python", "-m", "imagecascade.resolve", *session.posargs, env={"PIP_CONSTRAINT": ""})
