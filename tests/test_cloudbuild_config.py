@@ -1,0 +1,157 @@
+"""Cloud Build configs: substitutions checked as Cloud Build checks them, and the committed files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagecascade import cloudbuild_config
+from imagecascade.cloudbuild_config import (
+    apply_substitutions,
+    image_substitutions,
+    label_substitution,
+    load_config,
+    substitution_problems,
+    used_substitutions,
+)
+from imagecascade.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = sorted((REPO / "cloudbuild").glob("*.yaml"))
+IMAGE_FOLDERS = sorted(path.parent.name for path in (REPO / "images").glob("*/image.toml"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("${_TAG}", {"_TAG"}),
+        ("$_TAG/x", {"_TAG"}),
+        ("a-$PROJECT_ID-${BUILD_ID}", {"PROJECT_ID", "BUILD_ID"}),
+        ("$$HOME and $$_ESCAPED", set()),
+        ("$$${_A}", {"_A"}),
+        ("no substitutions", set()),
+    ],
+)
+def test_used_substitutions(text: str, expected: set[str]) -> None:
+    assert used_substitutions({"steps": [{"args": [text]}]}) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "provided", "expected"),
+    [
+        ({"steps": [{"args": ["${_A}"]}]}, {"_A": "1"}, []),
+        ({"steps": [{"args": ["${_A}", "$PROJECT_ID"]}]}, {"_A": "1"}, []),
+        ({"steps": [{"args": ["${_A}"]}]}, {}, ["uses $_A, which is not provided"]),
+        (
+            {"steps": [{"args": ["${_A}"]}]},
+            {"_A": "1", "_B": "2"},
+            ["substitution _B is provided but never used"],
+        ),
+        (
+            {"steps": [{"args": ["$HOME"]}]},
+            {},
+            ["uses $HOME, which is neither built in nor a user substitution (those start with _)"],
+        ),
+        ({"steps": [{"args": ["${_A}"]}], "substitutions": {"_A": "default"}}, {}, []),
+        (
+            {"steps": [{"args": ["x"]}], "substitutions": {"_UNUSED": "default"}},
+            {},
+            ["substitution _UNUSED is provided but never used"],
+        ),
+        (
+            {"steps": [{"args": ["${_a}"]}]},
+            {"_a": "1"},
+            ["substitution _a must start with _ and hold only A-Z, 0-9 and _"],
+        ),
+    ],
+)
+def test_substitution_problems(config: dict[str, Any], provided: dict[str, str], expected: list[str]) -> None:
+    assert substitution_problems(config, provided) == expected
+
+
+def test_apply_substitutions_leaves_built_ins_and_unescapes_dollars() -> None:
+    config = {"steps": [{"args": ["--tag=${_REGISTRY}/x:$_TAG", "$$HOME", "$PROJECT_ID"]}], "timeout": 60}
+    assert apply_substitutions(config, {"_REGISTRY": "r", "_TAG": "t"}) == {
+        "steps": [{"args": ["--tag=r/x:t", "$HOME", "$PROJECT_ID"]}],
+        "timeout": 60,
+    }
+
+
+@pytest.mark.parametrize(
+    ("label", "substitution"),
+    [
+        ("org.opencontainers.image.created", "_OCI_CREATED"),
+        ("io.imagecascade.freshness-hash", "_LABEL_IO_IMAGECASCADE_FRESHNESS_HASH"),
+        ("imagecascade.hash", "_LABEL_IMAGECASCADE_HASH"),
+    ],
+)
+def test_label_substitution(label: str, substitution: str) -> None:
+    assert label_substitution(label) == substitution
+
+
+def test_image_substitutions_refuse_two_values_for_one_name() -> None:
+    with pytest.raises(ConfigError, match="build arg TAG and the hash tag both map to"):
+        image_substitutions(tag="t", registry="r", build_args={"TAG": "x"}, labels={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "missing"),
+        ("steps: [unclosed", "invalid YAML"),
+        ("images: []\n", "non-empty `steps:` list"),
+        ("steps: [{name: x}]\nsubstitutions: {_A: 1}\n", "`substitutions:` must map names to strings"),
+    ],
+)
+def test_load_config_errors(tmp_path: Path, text: str | None, message: str) -> None:
+    path = tmp_path / "image.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_every_image_has_a_committed_config_and_every_config_an_image() -> None:
+    assert [path.stem for path in COMMITTED] == IMAGE_FOLDERS or not IMAGE_FOLDERS
+    assert COMMITTED, "cloudbuild/ holds one config per image"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[path.stem for path in COMMITTED])
+def test_committed_config_parses_and_names_its_own_image(path: Path) -> None:
+    config = load_config(path)
+    name = path.stem
+    assert config["images"] == [f"${{_REGISTRY}}/{name}:${{_TAG}}", f"${{_REGISTRY}}/{name}:latest"]
+    assert config["tags"] == ["imagecascade", name, "hash-${_TAG}"]
+    assert {step["name"] for step in config["steps"]} == {"gcr.io/cloud-builders/docker"}
+
+
+@pytest.mark.parametrize("name", IMAGE_FOLDERS)
+def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: str) -> None:
+    """Build args match image.toml, and the cascade's own request passes every Cloud Build check."""
+    from imagecascade.cascade import Provenance, build_request
+    from imagecascade.cloudbuild import CloudBuildBackend
+    from imagecascade.plan import compute_plan
+    from imagecascade.settings import load_settings
+
+    settings = load_settings(REPO).with_overrides(
+        registry="us-docker.pkg.dev/example-project/arr", cloudbuild_project="example-project"
+    )
+    plan = compute_plan(settings, use_cache=False)
+    image = plan.get(name)
+    config = load_config(cloudbuild_config.config_path(REPO, name))
+    assert cloudbuild_config.declared_build_args(config) == {"BASE_IMAGE", *image.spec.build_args}
+    request = build_request(
+        plan, image, Provenance(revision="0" * 40, source="https://example.invalid/x"), "now"
+    )
+    # Loopback endpoints: anonymous credentials, and `submission` sends nothing anywhere.
+    environ = {
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDBUILD": "http://127.0.0.1:9/",
+        "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9",
+    }
+    build, options = CloudBuildBackend(settings, environ=environ).submission(request)
+    substitutions = dict(build.substitutions)
+    assert apply_substitutions(list(build.images), substitutions) == list(request.references)
+    assert substitutions["_BASE_IMAGE"] == request.base_reference
+    assert build.timeout.total_seconds() == options.timeout_minutes * 60
