@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Context, Exit, Task, task
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import Task, task
 
 from imagecascade.errors import BackendError, CascadeError
 from imagecascade.settings import Settings, find_root, load_settings

@@ -257,15 +257,18 @@ def write_context_tar(
     checked against their recorded digest, so a file changed since hashing fails the build
     instead of producing an image whose tag lies.
     """
-    import tarfile  # imported here: hashing alone (the pre-commit hook) never writes a tar
+    # Imported here: hashing alone (the pre-commit hook) never writes a tar.
+    import contextlib
+    import gzip
+    import tarfile
 
     dockerfile_name = dockerfile_name_in_tar(context, dockerfile)
-    opened = (
-        tarfile.open(fileobj=output, mode="w:gz", format=tarfile.PAX_FORMAT)
-        if compression == "gz"
-        else tarfile.open(fileobj=output, mode="w", format=tarfile.PAX_FORMAT)
-    )
-    with opened as archive:
+    with contextlib.ExitStack() as stack:
+        stream: IO[bytes] | gzip.GzipFile = output
+        if compression == "gz":
+            # mtime=0: the same entries give the same bytes, so an upload is recognisably the same.
+            stream = stack.enter_context(gzip.GzipFile(fileobj=output, mode="wb", mtime=0))
+        archive = stack.enter_context(tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT))
         written_folders: set[str] = set()
 
         def add_folder(path: str) -> None:

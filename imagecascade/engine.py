@@ -232,6 +232,23 @@ class Engine:
             raise BackendError(f"Docker Engine: cannot push {reference}: {error}") from error
         return digest, None
 
+    def pull_image(self, reference: str) -> ImageInfo | None:
+        """Pull `reference` from its registry; None when the registry has no such tag.
+
+        Anything else (registry unreachable, auth, 5xx) raises BackendError: never "missing".
+        """
+        repository, tag = split_reference(reference)
+        try:
+            for chunk in self._client.api.pull(repository, tag=tag, stream=True, decode=True):
+                if chunk.get("error"):
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    raise BackendError(f"Docker Engine: cannot pull {reference}: {detail}")
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise BackendError(f"Docker Engine: cannot pull {reference}: {error}") from error
+        return self.inspect_image(reference)
+
     def remove_image(self, reference: str, *, force: bool = False) -> None:
         """Remove (or untag) an image; absent images and images still in use are left alone."""
         try:

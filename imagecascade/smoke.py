@@ -459,12 +459,6 @@ def _evaluate_cuda(
             )
 
 
-def is_loopback_registry(registry: str) -> bool:
-    authority = registry.split("/", 1)[0]
-    host = authority[1:].split("]")[0] if authority.startswith("[") else authority.rsplit(":", 1)[0]
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 def find_targets(
     settings: Settings,
     engine: SmokeEngine,
@@ -474,7 +468,7 @@ def find_targets(
 ) -> list[SmokeTarget]:
     """Each named image (default: all) at its current hash tag; NotBuilt names every one missing.
 
-    With a registry, an image missing from the engine is pulled, from a loopback registry only.
+    With a registry, an image missing from the engine is pulled from that registry.
     """
     from imagecascade.plan import compute_plan, image_reference
 
@@ -491,7 +485,7 @@ def find_targets(
             continue
         reference = image_reference(planned.name, planned.tag, settings.registry)
         found = engine.inspect_image(reference) is not None
-        if not found and settings.registry and pull is not None and is_loopback_registry(settings.registry):
+        if not found and settings.registry and pull is not None:
             found = pull(reference) is not None
         if found:
             targets.append(SmokeTarget(planned.name, reference, effective_checks(specs, planned.name)))
@@ -513,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="images to check (default: all)")
     parser.add_argument(
-        "--registry", help="check REGISTRY/name:tag (pulled from a loopback registry when missing)"
+        "--registry", help="check REGISTRY/name:tag (pulled from there when not in the engine)"
     )
     parser.add_argument("--require-gpu", action="store_true", help="fail GPU checks instead of skipping them")
     parser.add_argument(
@@ -535,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(root).with_overrides(registry=args.registry)
         engine = Engine.from_environment()
         try:
-            targets = find_targets(settings, engine, args.images, pull=getattr(engine, "pull_image", None))
+            targets = find_targets(settings, engine, args.images, pull=engine.pull_image)
 
             def on_event(event: SmokeEvent) -> None:
                 if event.kind == "started":

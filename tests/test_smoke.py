@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import RegistryServer, push_as
 
 from imagecascade.checks import parse_smoke_checks
 from imagecascade.engine import Engine
-from imagecascade.errors import NotBuilt
+from imagecascade.errors import BackendError, NotBuilt
 from imagecascade.plan import compute_plan, image_reference
 from imagecascade.settings import load_settings
 from imagecascade.smoke import (
@@ -338,16 +339,24 @@ def test_main_writes_junit_and_exits_non_zero_on_failure(
     assert "unknown image no-such-image" in capsys.readouterr().err
 
 
-def test_registry_images_are_pulled_from_loopback_only(repo: Path, engine: Engine) -> None:
-    pulled: list[str] = []
-
-    def pull(reference: str) -> None:
-        pulled.append(reference)
-
+def test_registry_images_are_pulled_and_registry_errors_are_not_missing(
+    repo: Path, engine: Engine, registry_server: RegistryServer
+) -> None:
     tag = compute_plan(load_settings(repo)).get(PARENT).tag
-    for registry, expected in (("127.0.0.1:5999", [f"127.0.0.1:5999/{PARENT}:{tag}"]), ("gcr.io/p", [])):
-        pulled.clear()
-        settings = load_settings(repo).with_overrides(registry=registry)
-        with pytest.raises(NotBuilt, match=f"not built in {registry}: .*run `invoke cascade` first"):
-            find_targets(settings, engine, [PARENT], pull=pull)
-        assert pulled == expected
+    remote = f"{registry_server.address}/{PARENT}:{tag}"
+    push_as(engine, reference_of(repo, PARENT), remote)
+    engine.remove_image(remote)  # only the tag: the engine must fetch it back
+    settings = load_settings(repo).with_overrides(registry=registry_server.address)
+    try:
+        targets = find_targets(settings, engine, [PARENT], pull=engine.pull_image)
+        assert [target.reference for target in targets] == [remote]
+        assert engine.image_exists(remote)
+        with pytest.raises(
+            NotBuilt, match=f"not built in {registry_server.address}: .*{CHILD}.*invoke cascade"
+        ):
+            find_targets(settings, engine, [CHILD], pull=engine.pull_image)
+        registry_server.stop()
+        with pytest.raises(BackendError, match="cannot pull"):
+            find_targets(settings, engine, [CHILD], pull=engine.pull_image)
+    finally:
+        engine.remove_image(remote)
