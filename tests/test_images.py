@@ -17,6 +17,8 @@ import pytest
 
 from imagecascade import dockerfile
 from imagecascade.declaration import load_image
+from imagecascade.plan import compute_plan
+from imagecascade.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
@@ -267,3 +269,20 @@ def test_the_spot_pth_file_runs_code() -> None:
     # site.py executes .pth lines that start with "import"; any other line is a path.
     lines = (IMAGES / "arr-vertex-launcher" / "arr-vertex-spot.pth").read_text(encoding="utf-8").splitlines()
     assert lines == ["import arr_vertex_launcher.spot; arr_vertex_launcher.spot.install()"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=ids(FOLDERS))
+def test_host_byproducts_do_not_move_the_hash(folder: Path, tmp_path: Path) -> None:
+    """Running the packages' tests on the host writes bytecode; the lock must not go stale."""
+    copy = tmp_path / "repo"
+    shutil.copytree(IMAGES, copy / "images")
+    before = {image.name: image.hash for image in compute_plan(load_settings(copy), use_cache=False).images}
+    for source in (copy / "images" / folder.name).rglob("*.py"):
+        cache = source.parent / "__pycache__"
+        cache.mkdir(exist_ok=True)
+        (cache / f"{source.stem}.cpython-311.pyc").write_bytes(b"\x00")
+    if (copy / "images" / folder.name / "src").is_dir():
+        (copy / "images" / folder.name / "src" / "pkg.egg-info").mkdir()
+        (copy / "images" / folder.name / "src" / "pkg.egg-info" / "PKG-INFO").write_text("x")
+    after = {image.name: image.hash for image in compute_plan(load_settings(copy), use_cache=False).images}
+    assert after == before
