@@ -112,3 +112,7 @@ def test_published_hook_definition_installs_and_runs(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "a: " in result.stdout
     assert "changed a.txt" in result.stdout
+
+
+def test_this_repositorys_lock_is_current(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(REPOSITORY)]) == 0, capsys.readouterr().out
