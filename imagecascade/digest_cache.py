@@ -15,7 +15,9 @@ from pathlib import Path
 
 # Coarsest mtime granularity we expect on a checkout's filesystem (FAT-like: 2 s).
 RACY_WINDOW_NS = 2_000_000_000
-_FORMAT = 1
+# Entries are flat strings "size mtime_ns ino ctime_ns digest": ten thousand small lists would
+# keep the cyclic garbage collector busy for a good part of a warm run.
+_FORMAT = 2
 
 
 def file_digest(path: str) -> str:
@@ -28,15 +30,15 @@ class DigestCache:
 
     def __init__(self, location: Path | None) -> None:
         self._location = location
-        self._entries: dict[str, list[int | str]] = {}
-        self._fresh: dict[str, list[int | str]] = {}
+        self._entries: dict[str, str] = {}
+        self._fresh: dict[str, str] = {}
         self._dirty = False
         self._started_ns = time.time_ns()
         if location is not None:
             self._entries = self._read(location)
 
     @staticmethod
-    def _read(location: Path) -> dict[str, list[int | str]]:
+    def _read(location: Path) -> dict[str, str]:
         try:
             data = json.loads(location.read_bytes())
         except (OSError, ValueError):
@@ -46,20 +48,24 @@ class DigestCache:
         entries = data.get("entries")
         return entries if isinstance(entries, dict) else {}
 
+    @staticmethod
+    def _key(stat: os.stat_result) -> str:
+        return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino} {stat.st_ctime_ns} "
+
     def lookup(self, path: str, stat: os.stat_result) -> str | None:
         entry = self._entries.get(path)
         if entry is None:
             return None
-        key = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
-        if entry[:4] != key:
+        key = self._key(stat)
+        if not entry.startswith(key):
             return None
         self._fresh[path] = entry
-        return str(entry[4])
+        return entry[len(key) :]
 
     def store(self, path: str, stat: os.stat_result, digest: str) -> None:
         if self._started_ns - stat.st_mtime_ns < RACY_WINDOW_NS:
             return  # racily clean: hash it again next time
-        self._fresh[path] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns, digest]
+        self._fresh[path] = self._key(stat) + digest
         self._dirty = True
 
     def digest(self, path: str, stat: os.stat_result) -> str:

@@ -116,11 +116,14 @@ def _names(prefix: str, names: list[str]) -> str:
     return f"{prefix} {shown}{more}"
 
 
-def explain(old: LockEntry | None, new: LockEntry) -> list[str]:
-    """Why `new` differs from what the lock recorded, most telling reason first."""
+def explain(old: LockEntry | None, new: LockEntry | None) -> list[str]:
+    """Why `new` differs from what the lock recorded, most telling reason first.
+
+    `new` may be None when the hashes are known to agree (or there is no record to compare).
+    """
     if old is None:
         return ["not in the lock file"]
-    if old.hash == new.hash:
+    if new is None or old.hash == new.hash:
         return []
     reasons: list[str] = []
     if old.parent != new.parent:

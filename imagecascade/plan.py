@@ -86,7 +86,10 @@ def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
         image_hash = freshness_hash(inputs, parent_hash)
         hashes[name] = image_hash
         old = lock.get(name)
-        new = entry_for(inputs, image_hash, parent_hash)
+        if old is None or old.hash == image_hash:
+            reasons = explain(old, None)
+        else:  # the per-file record is only worth building when there is a change to explain
+            reasons = explain(old, entry_for(inputs, image_hash, parent_hash))
         planned.append(
             PlannedImage(
                 spec=spec,
@@ -94,7 +97,7 @@ def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
                 hash=image_hash,
                 parent_hash=parent_hash,
                 lock_hash=old.hash if old else None,
-                reasons=tuple(explain(old, new)),
+                reasons=tuple(reasons),
             )
         )
     cache.save()
