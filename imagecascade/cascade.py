@@ -409,22 +409,13 @@ class _Scheduler:
         try:
             outcome = self.backend.build(request, self.emit, self.cancelled)
         except BuildError as error:
-            duration = time.monotonic() - started
-            if self.cancelled.is_set():
-                return ImageResult(
-                    name=name,
-                    outcome="cancelled",
-                    reason="stopped",
-                    reference=decision.reference,
-                    duration=duration,
-                    log_tail=error.log_tail[-LOG_TAIL_LINES:],
-                )
+            stopped = self.cancelled.is_set()
             return ImageResult(
                 name=name,
-                outcome="failed",
-                reason=str(error),
+                outcome="cancelled" if stopped else "failed",
+                reason="stopped" if stopped else str(error),
                 reference=decision.reference,
-                duration=duration,
+                duration=time.monotonic() - started,
                 log_tail=error.log_tail[-LOG_TAIL_LINES:],
             )
         return ImageResult(

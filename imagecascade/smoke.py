@@ -227,13 +227,7 @@ def evaluate(
         _evaluate_command(command.name, command.output, observations["commands"].get(command.name), add)
     _evaluate_files(checks, observations, add)
     for name, pattern in checks.env.items():
-        value = observations["env"].get(name)
-        if value is None:
-            add(f"env {name}", "fail", f"env {name} is not set, expected {pattern!r}")
-        elif re.fullmatch(pattern, value):
-            add(f"env {name}", "pass", f"env {name} is {value!r}")
-        else:
-            add(f"env {name}", "fail", f"env {name} is {value!r}, expected {pattern!r}")
+        _expect_match(f"env {name}", observations["env"].get(name), pattern, add)
     if checks.config.non_root is not None:
         uid = observations["user"]["uid"]
         user_name = observations["user"].get("name")
@@ -251,17 +245,21 @@ def evaluate(
 _Add = Callable[[str, Status, str], None]
 
 
+def _expect_match(check: str, value: str | None, pattern: str, add: _Add) -> None:
+    """An env variable or label whose whole value must match `pattern`."""
+    if value is None:
+        add(check, "fail", f"{check} is not set, expected {pattern!r}")
+    elif re.fullmatch(pattern, value):
+        add(check, "pass", f"{check} is {value!r}")
+    else:
+        add(check, "fail", f"{check} is {value!r}, expected {pattern!r}")
+
+
 def _evaluate_host(
     checks: SmokeChecks, config: Mapping[str, Any], labels: Mapping[str, str], add: _Add
 ) -> None:
     for name, pattern in checks.labels.items():
-        value = labels.get(name)
-        if value is None:
-            add(f"label {name}", "fail", f"label {name} is not set, expected {pattern!r}")
-        elif re.fullmatch(pattern, value):
-            add(f"label {name}", "pass", f"label {name} is {value!r}")
-        else:
-            add(f"label {name}", "fail", f"label {name} is {value!r}, expected {pattern!r}")
+        _expect_match(f"label {name}", labels.get(name), pattern, add)
     expected = checks.config
     if expected.user is not None:
         user = config.get("User") or ""
