@@ -329,11 +329,11 @@ def upstream(c: Context, check: bool = False) -> None:
         for pin in moved:
             print(pin.describe())
             if not check:
-                rewrite_pin(pin.declaration, pin.current, pin.latest)
+                rewrite_pin(pin.declaration, pin.current, pin.latest, pin.key)
     except CascadeError as error:
         raise _fail(error) from error
     if not moved:
-        print(f"{len(pins)} external base{'s' if len(pins) != 1 else ''}: all pins current")
+        print(f"{len(pins)} external reference{'s' if len(pins) != 1 else ''}: all pins current")
         return
     if check:
         raise Exit(f"{len(moved)} upstream tag(s) moved; run `invoke upstream` to repin", code=1)

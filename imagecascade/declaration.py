@@ -37,6 +37,7 @@ _KEYS = {
     "context",
     "dockerfile",
     "target",
+    "upstream_build_args",
     "smoke",
     "cloudbuild",
 }
@@ -56,6 +57,9 @@ class ImageSpec:
     build_args: Mapping[str, str] = dataclasses.field(default_factory=dict)
     platform: str = DEFAULT_PLATFORM
     target: str | None = None
+    # Build args whose values are external image references (e.g. a builder stage's base):
+    # `invoke upstream` pins them like `base`, so an upstream move rebuilds the lineage.
+    upstream_build_args: tuple[str, ...] = ()
     smoke: SmokeChecks = dataclasses.field(default_factory=SmokeChecks)
     cloudbuild: CloudBuildOptions = dataclasses.field(default_factory=CloudBuildOptions)
 
@@ -66,6 +70,12 @@ class ImageSpec:
     @property
     def base_is_pinned(self) -> bool:
         return self.base is not None and bool(_DIGEST.search(self.base))
+
+    @property
+    def unpinned(self) -> list[str]:
+        """The keys (`base`, build arg names) holding external references without a digest."""
+        keys = ["base"] if self.base is not None and not self.base_is_pinned else []
+        return keys + [key for key in self.upstream_build_args if not is_pinned(self.build_args[key])]
 
 
 def is_pinned(reference: str) -> bool:
@@ -150,6 +160,16 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
     problem = dockerfile.base_wiring_problem(text, target)
     if problem:
         raise ConfigError(f"{dockerfile_path}: {problem}")
+    upstream_build_args = data.get("upstream_build_args", [])
+    if not isinstance(upstream_build_args, list) or not all(isinstance(k, str) for k in upstream_build_args):
+        raise ConfigError(f"{declaration}: upstream_build_args must be a list of build arg names")
+    for key in upstream_build_args:
+        if key not in build_args:
+            raise ConfigError(f"{declaration}: upstream_build_args names {key!r}, which is not in build_args")
+        if not _REFERENCE.match(build_args[key]):
+            raise ConfigError(
+                f"{declaration}: build_args.{key} {build_args[key]!r} is not a valid image reference"
+            )
     description = _string(declaration, data, "description") or ""
     for section in ("smoke", "cloudbuild"):
         if section in data and not isinstance(data[section], dict):
@@ -165,6 +185,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         build_args=dict(sorted(build_args.items())),
         platform=platform,
         target=target,
+        upstream_build_args=tuple(upstream_build_args),
         smoke=parse_smoke_checks(data.get("smoke", {}), f"{declaration}: [smoke]"),
         cloudbuild=parse_cloudbuild_options(data.get("cloudbuild", {}), f"{declaration}: [cloudbuild]"),
     )

@@ -127,6 +127,7 @@ def plan_document(plan: Plan, build_states: Mapping[str, tuple[str, str]] | None
             "parent": image.spec.parent,
             "base": image.spec.base,
             "base_pinned": image.spec.base_is_pinned if image.spec.base else None,
+            "unpinned": image.spec.unpinned,
             "hash": image.hash,
             "tag": image.tag,
             "reference": image_reference(image.name, image.tag, plan.settings.registry),

@@ -26,8 +26,8 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> Table
         table.add_column(column, overflow="fold")
     for image in plan.images:
         spec = image.spec
-        unpinned = "" if spec.base_is_pinned else " [yellow](unpinned)[/]"
-        origin = spec.parent or f"{spec.base}{unpinned}"
+        unpinned = f" [yellow](unpinned: {', '.join(spec.unpinned)})[/]" if spec.unpinned else ""
+        origin = f"{spec.parent or spec.base}{unpinned}"
         lock = "[green]current[/]" if image.locked else "[red]stale[/]"
         state, detail = build_states.get(image.name, ("unknown", "not looked up"))
         colour = {"present": "green", "missing": "yellow"}.get(state, "red")

@@ -24,7 +24,8 @@ class TagResolver(Protocol):
 class UpstreamPin:
     image: str
     declaration: Path
-    current: str  # the base as declared
+    key: str  # the image.toml key holding the reference: `base`, or a build arg's name
+    current: str  # the reference as declared
     latest: str  # `repository:tag@<digest the registry gives now>`
 
     @property
@@ -34,7 +35,8 @@ class UpstreamPin:
     def describe(self) -> str:
         old = self.current.partition("@")[2] or "unpinned"
         new = self.latest.partition("@")[2]
-        return f"{self.image}: {self.latest.partition('@')[0]} {_short(old)} → {_short(new)}"
+        where = "" if self.key == "base" else f" (build arg {self.key})"
+        return f"{self.image}{where}: {self.latest.partition('@')[0]} {_short(old)} → {_short(new)}"
 
 
 def _short(digest: str) -> str:
@@ -42,42 +44,46 @@ def _short(digest: str) -> str:
 
 
 def upstream_pins(specs: Mapping[str, ImageSpec], resolver: TagResolver) -> list[UpstreamPin]:
-    """One entry per image with an external base, asking its registry for the tag's digest."""
+    """One entry per external reference (each `base`, each of `upstream_build_args`), asking its
+    registry for the tag's digest."""
     from imagecascade.registry import ImageRef
 
     pins = []
     for spec in specs.values():
-        if spec.base is None:
-            continue
-        ref = ImageRef.parse(spec.base)
-        digest = resolver.tag_digest(spec.base)
-        pins.append(
-            UpstreamPin(
-                image=spec.name,
-                declaration=spec.declaration_path,
-                current=spec.base,
-                latest=ref.pinned(digest),
+        references = [("base", spec.base)] if spec.base is not None else []
+        references += [(key, spec.build_args[key]) for key in spec.upstream_build_args]
+        for key, reference in references:
+            assert reference is not None
+            pins.append(
+                UpstreamPin(
+                    image=spec.name,
+                    declaration=spec.declaration_path,
+                    key=key,
+                    current=reference,
+                    latest=ImageRef.parse(reference).pinned(resolver.tag_digest(reference)),
+                )
             )
-        )
     return pins
 
 
-_BASE_LINE = re.compile(
-    r"""^(?P<lead>\s*base\s*=\s*)(?P<quote>["'])(?P<value>[^"']*)(?P=quote)(?P<rest>.*)$"""
-)
+def _line_pattern(key: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"""^(?P<lead>\s*{re.escape(key)}\s*=\s*)(?P<quote>["'])(?P<value>[^"']*)(?P=quote)(?P<rest>.*)$"""
+    )
 
 
-def rewrite_pin(path: Path, current: str, latest: str) -> None:
-    """Replace the `base = "<current>"` line of `path` with `latest`, leaving every other byte alone."""
+def rewrite_pin(path: Path, current: str, latest: str, key: str = "base") -> None:
+    """Replace the `<key> = "<current>"` line of `path` with `latest`, leaving every other byte alone."""
+    line_pattern = _line_pattern(key)
     text = path.read_bytes().decode("utf-8")  # bytes: keep the file's own line endings
     lines = text.splitlines(keepends=True)
     for index, line in enumerate(lines):
         body = line.rstrip("\r\n")
-        match = _BASE_LINE.match(body)
+        match = line_pattern.match(body)
         if match and match.group("value") == current:
             ending = line[len(body) :]
             quote = match.group("quote")
             lines[index] = f"{match.group('lead')}{quote}{latest}{quote}{match.group('rest')}{ending}"
             path.write_bytes("".join(lines).encode("utf-8"))
             return
-    raise ConfigError(f'{path}: cannot find the line `base = "{current}"` to repin (write it on one line)')
+    raise ConfigError(f'{path}: cannot find the line `{key} = "{current}"` to repin (write it on one line)')

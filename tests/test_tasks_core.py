@@ -52,6 +52,7 @@ def test_plan_json_lists_images_in_dependency_order(tmp_path: Path) -> None:
     assert by_name["a1x"]["reasons"] == ["parent a1 changed"]
     assert by_name["a2"]["locked"] is True and by_name["a2"]["reasons"] == []
     assert by_name["a"]["base"] == "127.0.0.1:5000/base:1" and by_name["a"]["base_pinned"] is False
+    assert by_name["a"]["unpinned"] == ["base"] and by_name["a1"]["unpinned"] == []
     assert by_name["a1"]["tag"] == by_name["a1"]["hash"][:16]
     assert by_name["a1"]["lock_hash"] != by_name["a1"]["hash"]
     assert {"name", "parent", "base", "hash", "tag", "locked", "lock_hash", "reasons"} <= set(by_name["a"])

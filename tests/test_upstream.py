@@ -63,3 +63,39 @@ def test_rewrite_refuses_when_the_line_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot find the line"):
         rewrite_pin(path, "nvidia/cuda:12", "nvidia/cuda:12@" + NEW)
     assert path.read_text() == 'base = """nvidia/cuda:12"""\n'
+
+
+def test_build_args_naming_images_are_pinned_too(tmp_path: Path) -> None:
+    toml = (
+        f'base = "127.0.0.1:5000/runtime:1@{OLD}"\n'
+        'upstream_build_args = ["BUILDER_IMAGE"]\n'
+        "[build_args]\n"
+        'BUILDER_IMAGE = "127.0.0.1:5000/devel:1"\n'
+        'MAX_JOBS = "4"\n'
+    )
+    folder = write_image(tmp_path, "img", toml)
+    resolver = Resolver({"127.0.0.1:5000/runtime:1": OLD, "127.0.0.1:5000/devel:1": NEW})
+    pins = upstream_pins(load_images(load_settings(tmp_path)), resolver)
+    moved = [pin for pin in pins if pin.moved]
+    assert [(pin.key, pin.latest) for pin in moved] == [("BUILDER_IMAGE", f"127.0.0.1:5000/devel:1@{NEW}")]
+    assert "(build arg BUILDER_IMAGE)" in moved[0].describe()
+    rewrite_pin(folder / "image.toml", moved[0].current, moved[0].latest, moved[0].key)
+    assert (folder / "image.toml").read_text() == toml.replace(
+        '"127.0.0.1:5000/devel:1"', f'"127.0.0.1:5000/devel:1@{NEW}"'
+    )
+    spec = load_images(load_settings(tmp_path))["img"]
+    assert spec.build_args["BUILDER_IMAGE"].endswith(NEW)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ('upstream_build_args = ["NOPE"]\n', "'NOPE', which is not in build_args"),
+        ('upstream_build_args = "X"\n', "must be a list of build arg names"),
+        ('upstream_build_args = ["X"]\n[build_args]\nX = "not a ref!"\n', "is not a valid image reference"),
+    ],
+)
+def test_bad_upstream_build_args(tmp_path: Path, extra: str, problem: str) -> None:
+    write_image(tmp_path, "img", 'base = "x:1"\n' + extra)
+    with pytest.raises(ConfigError, match=problem):
+        load_images(load_settings(tmp_path))
