@@ -20,13 +20,16 @@ def write_image(
     (folder / "Dockerfile").write_text(dockerfile)
     (folder / "image.toml").write_text(toml)
     for relative, content in (files or {}).items():
-        path = folder / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
+        write_file(folder / relative, content)
     return folder
+
+
+def write_file(path: Path, content: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
 
 
 def write_cascade(root: Path) -> Path:

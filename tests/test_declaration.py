@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from image_repo import WIRED_DOCKERFILE, write_cascade, write_image
+from image_repo import WIRED_DOCKERFILE, write_cascade, write_file, write_image
 
 from imagecascade.declaration import load_images
 from imagecascade.errors import ConfigError
@@ -25,12 +25,7 @@ def _remove_toml(root: Path) -> None:
 
 def _write(relative: str, content: str | bytes):  # type: ignore[no-untyped-def]
     def change(root: Path) -> None:
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
+        write_file(root / relative, content)
 
     return change
 
