@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,15 @@ IMAGES_DIR = "images"
 LOCK_FILE = "images.lock.json"
 CACHE_DIR = ".cache/imagecascade"
 
-_KNOWN: dict[str, dict[str, type]] = {
-    "registry": {"url": str},
-    "build": {"jobs": int},
-    "cloudbuild": {"project": str, "region": str, "bucket": str},
+# section -> key -> (Settings field, type)
+_KNOWN: dict[str, dict[str, tuple[str, type]]] = {
+    "registry": {"url": ("registry", str)},
+    "build": {"jobs": ("jobs", int)},
+    "cloudbuild": {
+        "project": ("cloudbuild_project", str),
+        "region": ("cloudbuild_region", str),
+        "bucket": ("cloudbuild_bucket", str),
+    },
 }
 
 
@@ -68,9 +72,8 @@ def find_root(start: Path) -> Path:
     raise ConfigError(f"{start}: no {SETTINGS_FILE} or {IMAGES_DIR}/ here or in any parent folder")
 
 
-def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(root: Path) -> Settings:
     """Read `cascade.toml` under `root` (absent file: defaults)."""
-    del environ  # settings come from the file and flags only; kept for a uniform reader signature
     path = root / SETTINGS_FILE
     if not path.exists():
         return Settings(root=root)
@@ -87,17 +90,12 @@ def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Setti
         if not isinstance(content, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         for key, value in content.items():
-            expected = _KNOWN[section].get(key)
-            if expected is None:
+            if key not in _KNOWN[section]:
                 known = ", ".join(_KNOWN[section])
                 raise ConfigError(f"{path}: unknown key {section}.{key} (known: {known})")
+            field, expected = _KNOWN[section][key]
             if not isinstance(value, expected) or isinstance(value, bool):
                 raise ConfigError(f"{path}: {section}.{key} must be a {expected.__name__}")
-            field = (
-                key
-                if section in ("build",)
-                else ("registry" if section == "registry" else f"{section}_{key}")
-            )
             values[field] = value
     if "registry" in values:
         values["registry"] = values["registry"].rstrip("/")

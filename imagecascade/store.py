@@ -5,9 +5,12 @@ An image counts as built if and only if its hash tag exists there.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from imagecascade.plan import image_reference
+
+if TYPE_CHECKING:
+    from imagecascade.engine import Engine
 
 
 class ImageStore(Protocol):
@@ -19,10 +22,7 @@ class ImageStore(Protocol):
 
 
 class EngineStore:
-    def __init__(self, engine: object) -> None:
-        from imagecascade.engine import Engine
-
-        assert isinstance(engine, Engine)
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.description = "local engine"
 
