@@ -48,4 +48,4 @@ def resolve(session: nox.Session) -> None:
     """Ask pip (dry run, no install) if arr-ml-stack's requirements resolve with torch==2.6.0 on py3.10."""
     session.install(".")
     # A machine-wide pip constraint file (PIP_CONSTRAINT or pip.conf) must not change the answer.
-    session.run("python", "-m", "imagecascade.resolve", *session.posargs, env={"PIP_CONSTRAINT": ""})
+    session.run("python", "-m", "imagecascade.pins.resolve", *session.posargs, env={"PIP_CONSTRAINT": ""})

@@ -13,8 +13,8 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
+from imagecascade.core.settings import Settings, find_root, load_settings
 from imagecascade.errors import BackendError, CascadeError
-from imagecascade.settings import Settings, find_root, load_settings
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -36,7 +36,7 @@ def _fail(error: CascadeError) -> Exit:
 )
 def hashes(c: Context, write: bool = False, check: bool = False) -> None:
     """Check (default) or rewrite the freshness hashes recorded in images.lock.json."""
-    from imagecascade.hook import check_hashes, write_hashes
+    from imagecascade.core.hook import check_hashes, write_hashes
 
     if write and check:
         raise Exit("error: --write and --check exclude each other", code=2)
@@ -51,7 +51,7 @@ def hashes(c: Context, write: bool = False, check: bool = False) -> None:
 
 def _build_states(plan: Any) -> dict[str, tuple[str, str]]:
     """present/missing per image, or unknown with the reason when the store cannot answer."""
-    from imagecascade.store import open_store
+    from imagecascade.engines.store import open_store
 
     try:
         store = open_store(plan.settings.registry)
@@ -75,7 +75,7 @@ def _build_states(plan: Any) -> dict[str, tuple[str, str]]:
 )
 def plan(c: Context, json_: bool = False, registry: str | None = None, offline: bool = False) -> None:
     """Show every image's hash, lock state, build state and why it is stale."""
-    from imagecascade.plan import compute_plan, plan_document
+    from imagecascade.core.plan import compute_plan, plan_document
 
     try:
         current = compute_plan(_settings(registry=registry))
@@ -89,7 +89,7 @@ def plan(c: Context, json_: bool = False, registry: str | None = None, offline: 
     if json_:
         print(json.dumps(plan_document(current, states), indent=2))
         return
-    from imagecascade.render import console, plan_table
+    from imagecascade.rendering.terminal import console, plan_table
 
     out = console()
     out.print(plan_table(current, states))
@@ -100,8 +100,8 @@ def plan(c: Context, json_: bool = False, registry: str | None = None, offline: 
 @task(help={"format": "tree (default), mermaid or dot"})
 def graph(c: Context, format: str = "tree") -> None:
     """Draw the cascade of images, stale ones marked."""
-    from imagecascade.graph import render
-    from imagecascade.plan import compute_plan
+    from imagecascade.core.graph import render
+    from imagecascade.core.plan import compute_plan
 
     if format not in ("tree", "mermaid", "dot"):
         raise Exit(f"error: --format: unknown graph format {format!r} (tree, mermaid, dot)", code=2)
@@ -121,11 +121,12 @@ BACKENDS = ("local", "cloudbuild")
 
 def _backend(name: str, settings: Settings, cloud: dict[str, Any] | None = None) -> Any:
     if name == "local":
-        from imagecascade.local_backend import LocalBackend
+        from imagecascade.engines.local_backend import LocalBackend
 
         return LocalBackend()
     if name == "cloudbuild":
-        from imagecascade.cloudbuild import CloudBuildBackend, CloudBuildFlags
+        from imagecascade.cloud.cloudbuild import CloudBuildBackend
+        from imagecascade.cloud.cloudbuild_api import CloudBuildFlags
 
         return CloudBuildBackend(settings, CloudBuildFlags(**(cloud or {})))
     raise Exit(
@@ -142,10 +143,10 @@ def _live_output(out: Any) -> bool:
 def _store(backend: str, settings: Settings) -> Any:
     """Where "already built" is decided: Cloud Build asks the registry with an ADC token."""
     if backend == "cloudbuild":
-        from imagecascade.cloudbuild import cloudbuild_store
+        from imagecascade.cloud.registry_store import cloudbuild_store
 
         return cloudbuild_store(settings)
-    from imagecascade.store import open_store
+    from imagecascade.engines.store import open_store
 
     return open_store(settings.registry)
 
@@ -161,9 +162,15 @@ def _run_cascade(
     """Plan, build what is missing, render progress and the summary, map the outcome to an exit code."""
     import dataclasses
 
-    from imagecascade.cascade import run_cascade
-    from imagecascade.plan import compute_plan
-    from imagecascade.render import CascadeReporter, console, dry_run_table, failure_logs, summary_table
+    from imagecascade.core.cascade import run_cascade
+    from imagecascade.core.plan import compute_plan
+    from imagecascade.rendering.terminal import (
+        CascadeReporter,
+        console,
+        dry_run_table,
+        failure_logs,
+        summary_table,
+    )
 
     settings = _settings(registry=registry, jobs=jobs, **(cloud_settings or {}))
     options = dataclasses.replace(options, jobs=settings.jobs)
@@ -248,7 +255,7 @@ def cascade(
     queued_timeout: float | None = None,
 ) -> None:
     """Build every image missing in the target: parents first, independent lineages in parallel."""
-    from imagecascade.cascade import CascadeOptions
+    from imagecascade.core.cascade import CascadeOptions
 
     cloud_settings = {"cloudbuild_project": project, "cloudbuild_bucket": bucket}
     cloud = {
@@ -272,7 +279,7 @@ def _image_task(name: str, description: str) -> Task[Any]:
         dry_run: bool = False,
         backend: str = "local",
     ) -> None:
-        from imagecascade.cascade import CascadeOptions
+        from imagecascade.core.cascade import CascadeOptions
 
         options = CascadeOptions(only=(name,), with_parents=with_parents, force=force, dry_run=dry_run)
         _run_cascade(options, registry, None, backend)
@@ -318,9 +325,9 @@ def _image_tasks() -> list[Task[Any]]:
 @task(help={"check": "only report moved upstream tags; exit 1 when any moved"})
 def upstream(c: Context, check: bool = False) -> None:
     """Repin each external base in image.toml to the digest its tag has now."""
-    from imagecascade.declaration import load_images
-    from imagecascade.registry import RegistryClient
-    from imagecascade.upstream import rewrite_pin, upstream_pins
+    from imagecascade.core.declaration import load_images
+    from imagecascade.engines.registry import RegistryClient
+    from imagecascade.pins.upstream import rewrite_pin, upstream_pins
 
     settings = _settings()
     try:

@@ -144,9 +144,9 @@ def invoke(root: Path, *args: str) -> float:
 def docker_build_loop(root: Path, registry: str) -> Callable[[], float]:
     """Plain `docker build` of each image, in order, FROM the exact parent (classic builder)."""
     sys.path.insert(0, str(ROOT))
-    from imagecascade.cascade import base_reference
-    from imagecascade.plan import compute_plan
-    from imagecascade.settings import load_settings
+    from imagecascade.core.cascade import base_reference
+    from imagecascade.core.plan import compute_plan
+    from imagecascade.core.settings import load_settings
 
     plan = compute_plan(load_settings(root))
     commands = []
@@ -174,11 +174,11 @@ def docker_build_loop(root: Path, registry: str) -> Callable[[], float]:
 def library_noop(root: Path) -> float:
     """The no-op through the library: plan, ask the registry, decide (no interpreter start-up)."""
     sys.path.insert(0, str(ROOT))
-    from imagecascade.cascade import CascadeOptions, run_cascade
-    from imagecascade.local_backend import LocalBackend
-    from imagecascade.plan import compute_plan
-    from imagecascade.settings import load_settings
-    from imagecascade.store import open_store
+    from imagecascade.core.cascade import CascadeOptions, run_cascade
+    from imagecascade.core.plan import compute_plan
+    from imagecascade.core.settings import load_settings
+    from imagecascade.engines.local_backend import LocalBackend
+    from imagecascade.engines.store import open_store
 
     started = time.perf_counter()
     plan = compute_plan(load_settings(root))

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from imagecascade.plan import compute_plan
-from imagecascade.settings import load_settings
+from imagecascade.core.plan import compute_plan
+from imagecascade.core.settings import load_settings
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -89,11 +89,11 @@ def make_graph(root: Path, images: int) -> None:
 
 
 def hook_time() -> float:
-    subprocess.run([sys.executable, "-m", "imagecascade.hook"], cwd=REPOSITORY, capture_output=True)
+    subprocess.run([sys.executable, "-m", "imagecascade.core.hook"], cwd=REPOSITORY, capture_output=True)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "imagecascade.hook"], cwd=REPOSITORY, capture_output=True)
+        subprocess.run([sys.executable, "-m", "imagecascade.core.hook"], cwd=REPOSITORY, capture_output=True)
         best = min(best, time.perf_counter() - start)
     return best
 

@@ -44,7 +44,7 @@ def unavailable(reason: str) -> None:
 def _engine_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.node.get_closest_marker("engine") is not None:
         return
-    from imagecascade.engine import Engine
+    from imagecascade.engines.engine import Engine
 
     def refuse(cls: type) -> Any:
         raise RuntimeError("a unit test reached for the Docker Engine; mark it @pytest.mark.engine")
@@ -54,7 +54,7 @@ def _engine_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytes
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Any]:
-    from imagecascade.engine import Engine
+    from imagecascade.engines.engine import Engine
     from imagecascade.errors import BackendError
 
     try:
@@ -200,20 +200,20 @@ class CascadeRepo:
         git(self.root, "commit", "-q", "-m", "change")
 
     def settings(self) -> Any:
-        from imagecascade.settings import load_settings
+        from imagecascade.core.settings import load_settings
 
         return load_settings(self.root).with_overrides(registry=self.registry)  # a test may move it
 
     def plan(self) -> Any:
-        from imagecascade.plan import compute_plan
+        from imagecascade.core.plan import compute_plan
 
         return compute_plan(self.settings(), use_cache=False)
 
     def cascade(self, backend: Any = None, **options: Any) -> Any:
         """Run the cascade through the library; returns the CascadeResult."""
-        from imagecascade.cascade import CascadeOptions, run_cascade
-        from imagecascade.local_backend import LocalBackend
-        from imagecascade.store import open_store
+        from imagecascade.core.cascade import CascadeOptions, run_cascade
+        from imagecascade.engines.local_backend import LocalBackend
+        from imagecascade.engines.store import open_store
 
         plan = self.plan()
         chosen = backend if backend is not None else LocalBackend(self.engine)

@@ -14,13 +14,13 @@ from conftest import CascadeRepo, RegistryServer, git
 from image_repo import write_cascade
 from registry_double import Answer, ScriptedServer
 
-from imagecascade import cascade as cascade_module
-from imagecascade.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
-from imagecascade.cascade import CascadeOptions, CascadeResult, read_provenance, run_cascade
+from imagecascade.core import cascade as cascade_module
+from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
+from imagecascade.core.cascade import CascadeOptions, CascadeResult, read_provenance, run_cascade
+from imagecascade.core.plan import Plan, compute_plan
+from imagecascade.core.settings import load_settings
+from imagecascade.engines.store import RegistryStore
 from imagecascade.errors import BackendError, ConfigError, NotBuilt
-from imagecascade.plan import Plan, compute_plan
-from imagecascade.settings import load_settings
-from imagecascade.store import RegistryStore
 
 ALL = [
     "a",
@@ -328,7 +328,7 @@ class SpyBackend:
     name = "spy"
 
     def __init__(self, engine: Any) -> None:
-        from imagecascade.local_backend import LocalBackend
+        from imagecascade.engines.local_backend import LocalBackend
 
         self._inner = LocalBackend(engine)
         self.built: list[str] = []
@@ -361,7 +361,7 @@ def test_first_run_builds_all_with_labels_then_a_no_op_sends_nothing(
 
 
 def _check_labels(cascade_repo: CascadeRepo, result: CascadeResult) -> None:
-    from imagecascade.registry import RegistryClient
+    from imagecascade.engines.registry import RegistryClient
 
     plan = cascade_repo.plan()
     commit = git(cascade_repo.root, "rev-parse", "HEAD")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from imagecascade.checks import (
+from imagecascade.core.checks import (
     CommandCheck,
     ConfigChecks,
     CudaChecks,

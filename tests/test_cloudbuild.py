@@ -27,19 +27,14 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.devtools import cloudbuild_v1
 
-from imagecascade import cloudbuild_config
-from imagecascade.backend import BuildError, BuildEvent, BuildRequest
-from imagecascade.cloudbuild import (
-    CloudBuildBackend,
-    CloudBuildFlags,
-    Timing,
-    cloudbuild_store,
-    console_url,
-    source_object_name,
-)
+from imagecascade.cloud import cloudbuild_config
+from imagecascade.cloud.cloudbuild import CloudBuildBackend
+from imagecascade.cloud.cloudbuild_api import CloudBuildFlags, Timing, console_url, source_object_name
+from imagecascade.cloud.registry_store import cloudbuild_store
+from imagecascade.core.backend import BuildError, BuildEvent, BuildRequest
+from imagecascade.core.plan import PlannedImage, compute_plan, image_reference
+from imagecascade.core.settings import load_settings
 from imagecascade.errors import BackendError, ConfigError
-from imagecascade.plan import PlannedImage, compute_plan, image_reference
-from imagecascade.settings import load_settings
 from tests.fake_cloudbuild import FakeCloudBuild, Phase
 from tests.image_repo import write_image
 
@@ -490,7 +485,7 @@ def test_invoke_cascade_with_the_cloudbuild_backend(
     repo: Path, fake: FakeCloudBuild, storage_url: str
 ) -> None:
     """The task wiring: flags reach the backend, the registry decides what is missing, both are built."""
-    from imagecascade import cascade
+    from imagecascade.core import cascade
 
     labels = (cascade.LABEL_REVISION, cascade.LABEL_CREATED, cascade.LABEL_SOURCE, cascade.LABEL_TITLE)
     labels += (cascade.LABEL_DESCRIPTION, cascade.LABEL_HASH, cascade.LABEL_PARENT_HASH)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from imagecascade import cloudbuild_config
-from imagecascade.cloudbuild_config import (
+from imagecascade.cloud import cloudbuild_config
+from imagecascade.cloud.cloudbuild_config import (
     apply_substitutions,
     image_substitutions,
     label_substitution,
@@ -130,10 +130,10 @@ def test_committed_config_parses_and_names_its_own_image(path: Path) -> None:
 @pytest.mark.parametrize("name", IMAGE_FOLDERS)
 def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: str) -> None:
     """Build args match image.toml, and the cascade's own request passes every Cloud Build check."""
-    from imagecascade.cascade import Provenance, build_request
-    from imagecascade.cloudbuild import CloudBuildBackend
-    from imagecascade.plan import compute_plan
-    from imagecascade.settings import load_settings
+    from imagecascade.cloud.cloudbuild import CloudBuildBackend
+    from imagecascade.core.cascade import Provenance, build_request
+    from imagecascade.core.plan import compute_plan
+    from imagecascade.core.settings import load_settings
 
     settings = load_settings(REPO).with_overrides(
         registry="us-docker.pkg.dev/example-project/arr", cloudbuild_project="example-project"

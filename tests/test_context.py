@@ -12,7 +12,7 @@ from docker.utils.build import exclude_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagecascade.context import ContextEntry, scan_context, write_context_tar
+from imagecascade.core.context import ContextEntry, scan_context, write_context_tar
 from imagecascade.errors import ConfigError
 
 TREE = [

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from image_repo import WIRED_DOCKERFILE, write_cascade, write_file, write_image
 
-from imagecascade.declaration import load_images
+from imagecascade.core.declaration import load_images
+from imagecascade.core.hook import main, write_hashes
+from imagecascade.core.settings import load_settings
 from imagecascade.errors import ConfigError
-from imagecascade.hook import main, write_hashes
-from imagecascade.settings import load_settings
 
 
 def _remove_dockerfile(root: Path) -> None:

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from image_repo import write_cascade, write_image
 
-from imagecascade.digest_cache import RACY_WINDOW_NS, DigestCache
-from imagecascade.hook import write_hashes
-from imagecascade.plan import compute_plan, stale_lines
-from imagecascade.settings import load_settings
+from imagecascade.core.digest_cache import RACY_WINDOW_NS, DigestCache
+from imagecascade.core.hook import write_hashes
+from imagecascade.core.plan import compute_plan, stale_lines
+from imagecascade.core.settings import load_settings
 
 
 def _hashes(root: Path, use_cache: bool = True) -> dict[str, str]:

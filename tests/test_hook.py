@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from image_repo import write_cascade
 
-from imagecascade.hook import main, write_hashes
+from imagecascade.core.hook import main, write_hashes
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def _pre_commit(root: Path, tmp_path: Path, *args: str) -> subprocess.CompletedP
 def test_pre_commit_run_rejects_a_stale_commit(tmp_path: Path) -> None:
     config = (
         "repos:\n- repo: local\n  hooks:\n  - id: check-freshness-hashes\n    name: freshness\n"
-        f"    entry: {sys.executable} -m imagecascade.hook\n    language: system\n"
+        f"    entry: {sys.executable} -m imagecascade.core.hook\n    language: system\n"
         "    pass_filenames: false\n    always_run: true\n"
     )
     root = _git_repo(tmp_path, config)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from imagecascade import dockerfile
-from imagecascade.declaration import load_image
-from imagecascade.plan import compute_plan
-from imagecascade.settings import load_settings
+from imagecascade.core import dockerfile
+from imagecascade.core.declaration import load_image
+from imagecascade.core.plan import compute_plan
+from imagecascade.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"

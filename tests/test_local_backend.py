@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-from imagecascade.backend import BuildError, BuildEvent, BuildRequest
-from imagecascade.cascade import Provenance, build_request, now_rfc3339
+from imagecascade.core.backend import BuildError, BuildEvent, BuildRequest
+from imagecascade.core.cascade import Provenance, build_request, now_rfc3339
+from imagecascade.core.plan import Plan, compute_plan
+from imagecascade.core.settings import load_settings
+from imagecascade.engines.local_backend import LocalBackend
+from imagecascade.engines.store import EngineStore
 from imagecascade.errors import BackendError
-from imagecascade.local_backend import LocalBackend
-from imagecascade.plan import Plan, compute_plan
-from imagecascade.settings import load_settings
-from imagecascade.store import EngineStore
 
 pytestmark = pytest.mark.engine
 

@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from imagecascade import probe
-from imagecascade.checks import SmokeChecks, parse_smoke_checks
-from imagecascade.smoke import CheckResult, cudnn_version_text, evaluate, probe_spec
+from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
+from imagecascade.smoke import probe
+from imagecascade.smoke.evaluate import cudnn_version_text, evaluate
+from imagecascade.smoke.results import CheckResult
+from imagecascade.smoke.runner import probe_spec
 
 IMAGE = "host"
 

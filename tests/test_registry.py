@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from registry_double import DIGEST, TOKEN, Answer, ScriptedServer, token_registry
 
+from imagecascade.engines.registry import ImageRef, RegistryClient, RepositoryRef, load_docker_credentials
 from imagecascade.errors import BackendError
-from imagecascade.registry import ImageRef, RegistryClient, RepositoryRef, load_docker_credentials
 
 OK = Answer(200, {"Docker-Content-Digest": DIGEST})
 

@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 from conftest import RegistryServer, push_as
 
-from imagecascade.checks import parse_smoke_checks
-from imagecascade.engine import Engine
+from imagecascade.core.checks import parse_smoke_checks
+from imagecascade.core.plan import compute_plan, image_reference
+from imagecascade.core.settings import load_settings
+from imagecascade.engines.engine import Engine
 from imagecascade.errors import BackendError, NotBuilt
-from imagecascade.plan import compute_plan, image_reference
-from imagecascade.settings import load_settings
-from imagecascade.smoke import (
-    CheckResult,
-    ImageReport,
-    SmokeTarget,
-    find_targets,
-    main,
-    run_smoke,
-    smoke_image,
-)
+from imagecascade.smoke.__main__ import main
+from imagecascade.smoke.results import CheckResult, ImageReport
+from imagecascade.smoke.runner import SmokeTarget, find_targets, run_smoke, smoke_image
 
 pytestmark = pytest.mark.engine
 

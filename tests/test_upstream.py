@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from image_repo import write_image
 
-from imagecascade.declaration import load_images
+from imagecascade.core.declaration import load_images
+from imagecascade.core.settings import load_settings
 from imagecascade.errors import ConfigError
-from imagecascade.settings import load_settings
-from imagecascade.upstream import rewrite_pin, upstream_pins
+from imagecascade.pins.upstream import rewrite_pin, upstream_pins
 
 OLD = "sha256:" + "1" * 64
 NEW = "sha256:" + "2" * 64

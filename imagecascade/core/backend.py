@@ -1,4 +1,5 @@
-"""What the cascade asks of a build backend (local engine or Cloud Build), and what it gets back.
+"""What the cascade asks of a build backend (local engine or Cloud Build) and of the store it looks
+images up in, and what it gets back.
 
 The cascade logic only sees this interface; it never knows which backend runs.
 """
@@ -10,8 +11,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Literal, Protocol
 
+from imagecascade.core.plan import PlannedImage
 from imagecascade.errors import CascadeError
-from imagecascade.plan import PlannedImage
 
 EventKind = Literal["started", "step", "log", "state", "pushed", "finished"]
 
@@ -64,4 +65,12 @@ class Backend(Protocol):
 
         Must stop soon after `cancelled` is set, leaving no tag on an unfinished image.
         """
+        ...
+
+
+class ImageStore(Protocol):
+    description: str
+
+    def has(self, name: str, tag: str) -> bool:
+        """True when `name:tag` exists; raises BackendError when that cannot be known."""
         ...

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from imagecascade.declaration import ImageSpec
+from imagecascade.core.declaration import ImageSpec
 from imagecascade.errors import ConfigError
 
 
@@ -46,7 +46,7 @@ def _short(digest: str) -> str:
 def upstream_pins(specs: Mapping[str, ImageSpec], resolver: TagResolver) -> list[UpstreamPin]:
     """One entry per external reference (each `base`, each of `upstream_build_args`), asking its
     registry for the tag's digest."""
-    from imagecascade.registry import ImageRef
+    from imagecascade.engines.registry import ImageRef
 
     pins = []
     for spec in specs.values():

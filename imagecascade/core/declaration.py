@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imagecascade import dockerfile
-from imagecascade.build_options import CloudBuildOptions, parse_cloudbuild_options
-from imagecascade.checks import SmokeChecks, parse_smoke_checks
+from imagecascade.core import dockerfile
+from imagecascade.core.build_options import CloudBuildOptions, parse_cloudbuild_options
+from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
+from imagecascade.core.settings import Settings
 from imagecascade.errors import ConfigError
-from imagecascade.settings import Settings
 
 DECLARATION_FILE = "image.toml"
 DEFAULT_PLATFORM = "linux/amd64"
@@ -208,6 +208,6 @@ def load_images(settings: Settings) -> dict[str, ImageSpec]:
                 f"{spec.declaration_path}: unknown parent {spec.parent!r} "
                 f"(no folder {images_dir.name}/{spec.parent})"
             )
-    from imagecascade.graph import dependency_order
+    from imagecascade.core.graph import dependency_order
 
     return {name: specs[name] for name in dependency_order(specs)}

@@ -11,9 +11,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from imagecascade.backend import BuildEvent
-from imagecascade.cascade import CascadeResult
-from imagecascade.plan import Plan
+from imagecascade.core.backend import BuildEvent
+from imagecascade.core.cascade import CascadeResult
+from imagecascade.core.plan import Plan
 
 
 def console() -> Console:

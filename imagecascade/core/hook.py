@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from imagecascade.core.lock import write_lock
+from imagecascade.core.plan import FIX_COMMAND, compute_plan, stale_lines
+from imagecascade.core.settings import find_root, load_settings
 from imagecascade.errors import CascadeError
-from imagecascade.lock import write_lock
-from imagecascade.plan import FIX_COMMAND, compute_plan, stale_lines
-from imagecascade.settings import find_root, load_settings
 
 
 def check_hashes(root: Path, out: TextIO, *, fix_hint: bool) -> int:

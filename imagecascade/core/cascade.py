@@ -18,11 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from imagecascade.backend import Backend, BuildError, BuildEvent, BuildRequest
+from imagecascade.core.backend import Backend, BuildError, BuildEvent, BuildRequest, ImageStore
+from imagecascade.core.graph import ancestors
+from imagecascade.core.plan import Plan, PlannedImage, image_reference
 from imagecascade.errors import BackendError, ConfigError, NotBuilt
-from imagecascade.graph import ancestors
-from imagecascade.plan import Plan, PlannedImage, image_reference
-from imagecascade.store import ImageStore
 
 Action = Literal["present", "build", "blocked"]
 Outcome = Literal["built", "present", "failed", "blocked", "cancelled", "would build"]

@@ -6,11 +6,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from imagecascade.declaration import ImageSpec, load_images
-from imagecascade.digest_cache import DigestCache
-from imagecascade.freshness import ImageInputs, collect_inputs, freshness_hash, short_hash
-from imagecascade.lock import LockEntry, entry_for, explain, read_lock
-from imagecascade.settings import Settings
+from imagecascade.core.declaration import ImageSpec, load_images
+from imagecascade.core.digest_cache import DigestCache
+from imagecascade.core.freshness import ImageInputs, collect_inputs, freshness_hash, short_hash
+from imagecascade.core.lock import LockEntry, entry_for, explain, read_lock
+from imagecascade.core.settings import Settings
 
 FIX_COMMAND = "invoke hashes --write"
 

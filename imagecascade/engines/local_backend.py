@@ -13,12 +13,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from imagecascade.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
-from imagecascade.context import write_context_tar
+from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
+from imagecascade.core.context import write_context_tar
 from imagecascade.errors import BackendError
 
 if TYPE_CHECKING:
-    from imagecascade.engine import Engine
+    from imagecascade.engines.engine import Engine
 
 LOG_TAIL_LINES = 30
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
@@ -39,7 +39,7 @@ class LocalBackend:
     def _engine(self) -> Engine:
         with self._lock:
             if self._given is None:
-                from imagecascade.engine import Engine
+                from imagecascade.engines.engine import Engine
 
                 self._given = Engine.from_environment()
             return self._given

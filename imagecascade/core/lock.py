@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imagecascade.core.freshness import HASH_FORMAT, ImageInputs, short_hash
 from imagecascade.errors import ConfigError
-from imagecascade.freshness import HASH_FORMAT, ImageInputs, short_hash
 
 LOCK_FORMAT = 1
 _LISTED_NAMES = 3  # file names shown per kind of change before "+N more"

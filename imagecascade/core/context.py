@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Literal, NamedTuple
 
 import pathspec
 
-from imagecascade.digest_cache import DigestCache, file_digest
+from imagecascade.core.digest_cache import DigestCache, file_digest
 from imagecascade.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Ask pip's resolver, without installing, whether requirements resolve for an image's Python and platform.
 
-`nox -s resolve` runs `python -m imagecascade.resolve`: arr-ml-stack's requirements together
+`nox -s resolve` runs `python -m imagecascade.pins.resolve`: arr-ml-stack's requirements together
 with the torch its parent builds, for the image's Python (3.10) and glibc (Ubuntu 22.04: 2.35)
 on x86_64. pip downloads metadata (and wheels without separate metadata) but installs nothing.
 """
@@ -139,7 +139,7 @@ def render(resolution: Resolution) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m imagecascade.resolve", description=__doc__.splitlines()[0]
+        prog="python -m imagecascade.pins.resolve", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--requirements", type=Path, default=DEFAULT_REQUIREMENTS, help="requirements file to resolve"

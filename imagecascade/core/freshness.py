@@ -8,9 +8,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from imagecascade.context import ContextEntry, scan_context
-from imagecascade.declaration import ImageSpec
-from imagecascade.digest_cache import DigestCache, file_digest
+from imagecascade.core.context import ContextEntry, scan_context
+from imagecascade.core.declaration import ImageSpec
+from imagecascade.core.digest_cache import DigestCache, file_digest
 
 # Bump when the encoding changes: every hash then moves, and the lock explains why.
 HASH_FORMAT = 1

@@ -1,24 +1,18 @@
 """Where built images are looked up: the engine's own store, or a registry.
 
-An image counts as built if and only if its hash tag exists there.
+Both implement `imagecascade.core.backend.ImageStore`: an image counts as built if and only if
+its hash tag exists there.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from imagecascade.plan import image_reference
+from imagecascade.core.backend import ImageStore
+from imagecascade.core.plan import image_reference
 
 if TYPE_CHECKING:
-    from imagecascade.engine import Engine
-
-
-class ImageStore(Protocol):
-    description: str
-
-    def has(self, name: str, tag: str) -> bool:
-        """True when `name:tag` exists; raises BackendError when that cannot be known."""
-        ...
+    from imagecascade.engines.engine import Engine
 
 
 class EngineStore:
@@ -32,7 +26,7 @@ class EngineStore:
 
 class RegistryStore:
     def __init__(self, registry: str) -> None:
-        from imagecascade.registry import RegistryClient
+        from imagecascade.engines.registry import RegistryClient
 
         self._registry = registry
         self._client = RegistryClient()
@@ -46,6 +40,6 @@ def open_store(registry: str) -> ImageStore:
     """The registry when one is configured, else the local engine (connecting to it)."""
     if registry:
         return RegistryStore(registry)
-    from imagecascade.engine import Engine
+    from imagecascade.engines.engine import Engine
 
     return EngineStore(Engine.from_environment())

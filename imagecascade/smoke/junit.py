@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from imagecascade.smoke import ImageReport
+    from imagecascade.smoke.results import ImageReport
 
 
 def junit_document(reports: Sequence[ImageReport]) -> ElementTree.ElementTree:
