@@ -1,4 +1,4 @@
-"""Calls to the Cloud Build REST API, with their retry policy. The only module that imports google-cloud-build.
+"""Calls to the Cloud Build REST API with their retry policy; the only module importing google-cloud-build.
 
 429 and 503 answers are retried with backoff and never count as failures; other API errors and
 unreachable endpoints are BackendErrors. Also: the build log reader (ranged reads of the logs
