@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
 from imagecascade.core.settings import Settings, find_root, load_settings
-from imagecascade.errors import BackendError, CascadeError
+from imagecascade.errors import BackendError, CascadeError, ConfigError
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -135,11 +134,6 @@ def _backend(name: str, settings: Settings, cloud: dict[str, Any] | None = None)
     )
 
 
-def _live_output(out: Any) -> bool:
-    """Live progress on a terminal; plain timestamped lines in CI and in logs."""
-    return bool(out.is_terminal) and os.environ.get("CI", "").lower() in ("", "0", "false")
-
-
 def _store(backend: str, settings: Settings) -> Any:
     """Where "already built" is decided: Cloud Build asks the registry with an ADC token."""
     if backend == "cloudbuild":
@@ -169,6 +163,8 @@ def _run_cascade(
         console,
         dry_run_table,
         failure_logs,
+        plain_output,
+        refusal_fixes,
         summary_table,
     )
 
@@ -183,7 +179,7 @@ def _run_cascade(
             result = run_cascade(current, store, chosen, options)
         else:
             names = [image.name for image in current.images]
-            with CascadeReporter(out, names, live=_live_output(out)) as reporter:
+            with CascadeReporter(out, names, live=not plain_output(out.is_terminal)) as reporter:
                 result = run_cascade(current, store, chosen, options, on_event=reporter)
     except KeyboardInterrupt:
         raise Exit("interrupted: nothing was built", code=130) from None
@@ -191,9 +187,13 @@ def _run_cascade(
         raise _fail(error) from error
     if options.dry_run:
         out.print(dry_run_table(result))
+        for line in refusal_fixes(result):
+            out.print(line, markup=False, highlight=False)
         return
     out.print(summary_table(result))
     for line in failure_logs(result):
+        out.print(line, markup=False, highlight=False)
+    for line in refusal_fixes(result):
         out.print(line, markup=False, highlight=False)
     if result.backend_error:
         raise Exit(f"error: stopped: {result.backend_error}", code=BackendError.exit_code)
@@ -202,11 +202,19 @@ def _run_cascade(
             "interrupted: unfinished images were left untagged; rerun to build what is missing", code=130
         )
     if not result.ok:
-        failed, blocked = result.names("failed"), result.names("blocked")
+        failed, blocked, refused = result.names("failed"), result.names("blocked"), result.names("refused")
+        if failed:
+            raise Exit(
+                f"error: failed: {', '.join(failed)}; blocked: {', '.join(blocked) or 'none'}"
+                + (f"; refused: {', '.join(refused)}" if refused else "")
+                + ". Fix and rerun: only what is still missing is built.",
+                code=1,
+            )
         raise Exit(
-            f"error: failed: {', '.join(failed) or 'none'}; blocked: {', '.join(blocked) or 'none'}. "
-            "Fix and rerun: only what is still missing is built.",
-            code=1,
+            f"error: cannot build: {', '.join(refused)}"
+            + (f"; blocked: {', '.join(blocked)}" if blocked else "")
+            + "; everything else was built. Fix the declarations (see above) and rerun.",
+            code=ConfigError.exit_code,
         )
 
 

@@ -21,10 +21,12 @@ from typing import Literal
 from imagecascade.core.backend import Backend, BuildError, BuildEvent, BuildRequest, ImageStore
 from imagecascade.core.graph import ancestors
 from imagecascade.core.plan import Plan, PlannedImage, image_reference
+from imagecascade.core.refusals import describe
 from imagecascade.errors import BackendError, ConfigError, NotBuilt
 
-Action = Literal["present", "build", "blocked"]
-Outcome = Literal["built", "present", "failed", "blocked", "cancelled", "would build"]
+# "parent missing": a selected image's parent is outside the selection and not in the target.
+Action = Literal["present", "build", "refused", "blocked", "parent missing"]
+Outcome = Literal["built", "present", "failed", "refused", "blocked", "cancelled", "would build"]
 LOG_TAIL_LINES = 30
 LOOKUP_THREADS = 8
 
@@ -53,6 +55,7 @@ class Decision:
     reason: str
     reference: str  # where the image lives: `<repo>:<hash tag>`
     base_reference: str  # what BASE_IMAGE will be
+    fixes: tuple[str, ...] = ()  # refused: what makes it buildable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,6 +67,7 @@ class ImageResult:
     duration: float = 0.0
     digest: str | None = None
     log_tail: tuple[str, ...] = ()
+    fixes: tuple[str, ...] = ()  # refused: what makes it buildable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,17 +142,19 @@ def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decis
     target = store.description
     decisions: list[Decision] = []
     building: set[str] = set()
+    unbuildable: set[str] = set()  # refused or blocked in this run
     for name in names:
         image = plan.get(name)
         parent = image.spec.parent
         reference = image_reference(name, image.tag, plan.settings.registry)
         base = base_reference(plan, image)
         parent_missing = parent is not None and parent not in chosen and not present[parent]
-        if parent_missing and (name in forced or not present[name]):
+        wanted = name in forced or not present[name]
+        if parent_missing and wanted:
             decisions.append(
                 Decision(
                     name=name,
-                    action="blocked",
+                    action="parent missing",
                     reason=f"parent {parent}:{plan.get(str(parent)).tag} is missing in {target}",
                     reference=reference,
                     base_reference=base,
@@ -156,7 +162,13 @@ def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decis
             )
             continue
         action: Action
-        if name in forced:
+        fixes: tuple[str, ...] = ()
+        if wanted and image.cannot_build:
+            action, reason = "refused", describe(image.cannot_build)
+            fixes = tuple(refusal.fix for refusal in image.cannot_build)
+        elif wanted and parent in unbuildable:
+            action, reason = "blocked", f"parent {parent} cannot be built"
+        elif name in forced:
             action, reason = "build", "forced (--force)"
         elif present[name]:
             action, reason = "present", f"present in {target}"
@@ -166,8 +178,12 @@ def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decis
             action, reason = "build", f"missing in {target}"
         if action == "build":
             building.add(name)
+        elif action in ("refused", "blocked"):
+            unbuildable.add(name)
         decisions.append(
-            Decision(name=name, action=action, reason=reason, reference=reference, base_reference=base)
+            Decision(
+                name=name, action=action, reason=reason, reference=reference, base_reference=base, fixes=fixes
+            )
         )
     return decisions
 
@@ -269,7 +285,7 @@ def run_cascade(
                 on_event(event)
 
     decisions = decide(plan, store, options)
-    blocked = [decision for decision in decisions if decision.action == "blocked"]
+    blocked = [decision for decision in decisions if decision.action == "parent missing"]
     if blocked:
         first = blocked[0]
         raise NotBuilt(
@@ -287,15 +303,25 @@ def run_cascade(
             results=tuple(
                 ImageResult(
                     name=decision.name,
-                    outcome="would build" if decision.action == "build" else "present",
+                    outcome=_DRY_RUN_OUTCOMES[decision.action],
                     reason=decision.reason,
                     reference=decision.reference,
+                    fixes=decision.fixes,
                 )
                 for decision in decisions
             ),
         )
     scheduler = _Scheduler(plan, backend, decisions, options.jobs, emit, cancelled or threading.Event())
     return scheduler.run(store.description)
+
+
+_NOT_BUILT: frozenset[Outcome] = frozenset({"failed", "refused", "blocked", "cancelled"})
+_DRY_RUN_OUTCOMES: dict[Action, Outcome] = {
+    "build": "would build",
+    "present": "present",
+    "refused": "refused",
+    "blocked": "blocked",
+}
 
 
 class _Scheduler:
@@ -327,6 +353,16 @@ class _Scheduler:
                 self.results[name] = ImageResult(
                     name=name, outcome="present", reason=decision.reason, reference=decision.reference
                 )
+            elif decision.action in ("refused", "blocked"):
+                self.results[name] = ImageResult(
+                    name=name,
+                    outcome="refused" if decision.action == "refused" else "blocked",
+                    reason=decision.reason,
+                    reference=decision.reference,
+                    fixes=decision.fixes,
+                )
+                message = f"{decision.action}: {decision.reason}"
+                self.emit(BuildEvent(image=name, kind="finished", message=message))
         interrupted = False
         if pending:
             self._provenance = read_provenance(self.plan.settings.root)
@@ -378,7 +414,7 @@ class _Scheduler:
         for name in list(pending):
             parent = self.plan.get(name).spec.parent
             parent_result = self.results.get(parent) if parent else None
-            if parent_result is not None and parent_result.outcome in ("failed", "blocked", "cancelled"):
+            if parent_result is not None and parent_result.outcome in _NOT_BUILT:
                 pending.remove(name)
                 verb = "failed" if parent_result.outcome == "failed" else "was not built"
                 self._finish_unstarted(name, "blocked", f"parent {parent} {verb}")

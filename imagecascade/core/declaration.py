@@ -22,6 +22,7 @@ DEFAULT_PLATFORM = "linux/amd64"
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+_BUILD_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
@@ -38,6 +39,7 @@ _KEYS = {
     "dockerfile",
     "target",
     "upstream_build_args",
+    "required_build_args",
     "smoke",
     "cloudbuild",
 }
@@ -60,6 +62,9 @@ class ImageSpec:
     # Build args whose values are external image references (e.g. a builder stage's base):
     # `invoke upstream` pins them like `base`, so an upstream move rebuilds the lineage.
     upstream_build_args: tuple[str, ...] = ()
+    # Build args without which the image cannot be built (a checksum nobody recorded yet): while
+    # one is empty or absent, `invoke plan` says "cannot build" and the cascade refuses the image.
+    required_build_args: tuple[str, ...] = ()
     smoke: SmokeChecks = dataclasses.field(default_factory=SmokeChecks)
     cloudbuild: CloudBuildOptions = dataclasses.field(default_factory=CloudBuildOptions)
 
@@ -170,6 +175,13 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
             raise ConfigError(
                 f"{declaration}: build_args.{key} {build_args[key]!r} is not a valid image reference"
             )
+    required_build_args = data.get("required_build_args", [])
+    if not isinstance(required_build_args, list) or not all(
+        isinstance(key, str) and _BUILD_ARG_NAME.match(key) for key in required_build_args
+    ):
+        raise ConfigError(f"{declaration}: required_build_args must be a list of build arg names")
+    if "BASE_IMAGE" in required_build_args:
+        raise ConfigError(f"{declaration}: required_build_args: BASE_IMAGE is always set from parent/base")
     description = _string(declaration, data, "description") or ""
     for section in ("smoke", "cloudbuild"):
         if section in data and not isinstance(data[section], dict):
@@ -186,6 +198,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         platform=platform,
         target=target,
         upstream_build_args=tuple(upstream_build_args),
+        required_build_args=tuple(dict.fromkeys(required_build_args)),
         smoke=parse_smoke_checks(data.get("smoke", {}), f"{declaration}: [smoke]"),
         cloudbuild=parse_cloudbuild_options(data.get("cloudbuild", {}), f"{declaration}: [cloudbuild]"),
     )

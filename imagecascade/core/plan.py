@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imagecascade.core.declaration import ImageSpec, load_images
 from imagecascade.core.digest_cache import DigestCache
 from imagecascade.core.freshness import ImageInputs, collect_inputs, freshness_hash, short_hash
 from imagecascade.core.lock import LockEntry, entry_for, explain, read_lock
+from imagecascade.core.refusals import Refusal, declaration_refusals, describe
 from imagecascade.core.settings import Settings
 
 FIX_COMMAND = "invoke hashes --write"
@@ -23,6 +24,7 @@ class PlannedImage:
     parent_hash: str | None
     lock_hash: str | None
     reasons: tuple[str, ...]  # why the hash differs from the lock; empty when current
+    cannot_build: tuple[Refusal, ...] = ()  # why it cannot be built as it stands; empty when it can
 
     @property
     def name(self) -> str:
@@ -63,6 +65,19 @@ class Plan:
     def lock_entries(self) -> dict[str, LockEntry]:
         return {image.name: image.lock_entry() for image in self.images}
 
+    def with_refusals(self, refusals: Mapping[str, Sequence[Refusal]]) -> Plan:
+        """This plan with more reasons images cannot be built (known at run time: backend, secrets).
+
+        `refusals` maps image names to what to add; unknown names raise KeyError.
+        """
+        for name in refusals:
+            self.get(name)
+        images = tuple(
+            dataclasses.replace(image, cannot_build=(*image.cannot_build, *refusals.get(image.name, ())))
+            for image in self.images
+        )
+        return dataclasses.replace(self, images=images)
+
 
 def image_reference(name: str, tag: str, registry: str) -> str:
     """Where an image lives: `name:tag` in the engine's store, or `registry/name:tag`."""
@@ -98,11 +113,17 @@ def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
                 parent_hash=parent_hash,
                 lock_hash=old.hash if old else None,
                 reasons=tuple(reasons),
+                cannot_build=declaration_refusals(spec, settings.root),
             )
         )
     cache.save()
     removed = tuple(sorted(set(lock) - set(specs)))
     return Plan(settings=settings, images=tuple(planned), removed=removed)
+
+
+def cannot_build_line(image: PlannedImage) -> str:
+    """`cannot build: ...` for an image that has refusals, else ""."""
+    return describe(image.cannot_build) if image.cannot_build else ""
 
 
 def stale_lines(plan: Plan) -> list[str]:
@@ -134,6 +155,9 @@ def plan_document(plan: Plan, build_states: Mapping[str, tuple[str, str]] | None
             "locked": image.locked,
             "lock_hash": image.lock_hash,
             "reasons": list(image.reasons),
+            "cannot_build": [
+                {"reason": refusal.reason, "fix": refusal.fix} for refusal in image.cannot_build
+            ],
         }
         if build_states is not None:
             state, detail = build_states.get(image.name, ("unknown", "not looked up"))

@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from imagecascade.core.backend import BuildEvent
 from imagecascade.core.cascade import CascadeResult
 from imagecascade.core.plan import Plan
+from imagecascade.core.refusals import describe
+
+# Wide enough that piped and CI output never wraps: tables are as wide as their content.
+UNWRAPPED_WIDTH = 100_000
 
 
-def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+def plain_output(is_terminal: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """Plain lines (no live table, no wrapping) when not on a terminal or when `CI` is set."""
+    environ = os.environ if environ is None else environ
+    return not is_terminal or environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console for the entry points: wrapped to the terminal, or unwrapped for pipes and CI logs."""
+    probe = Console(stderr=stderr)
+    plain = plain_output(probe.is_terminal)
+    return Console(highlight=False, soft_wrap=False, stderr=stderr, width=UNWRAPPED_WIDTH if plain else None)
 
 
 def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> Table:
     table = Table(title=f"images ({plan.settings.registry or 'local engine store'})")
     for column in ("image", "parent / base", "tag", "lock", "build", "reasons"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in ("image", "tag"))
     for image in plan.images:
         spec = image.spec
         unpinned = f" [yellow](unpinned: {', '.join(spec.unpinned)})[/]" if spec.unpinned else ""
@@ -32,6 +47,8 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> Table
         state, detail = build_states.get(image.name, ("unknown", "not looked up"))
         colour = {"present": "green", "missing": "yellow"}.get(state, "red")
         build = f"[{colour}]{state}[/]" + (f" ({detail})" if state == "unknown" else "")
+        if image.cannot_build and state != "present":
+            build += f"; [red]{escape(describe(image.cannot_build))}[/]"
         table.add_row(image.name, origin, image.tag, lock, build, "; ".join(image.reasons))
     return table
 
@@ -126,7 +143,9 @@ def dry_run_table(result: CascadeResult) -> Table:
     for column in ("image", "would", "why", "reference"):
         table.add_column(column, overflow="fold")
     for item in result.results:
-        action = "[yellow]build[/]" if item.outcome == "would build" else "[green]keep[/]"
+        action = {"would build": "[yellow]build[/]", "present": "[green]keep[/]"}.get(
+            item.outcome, f"[red]{item.outcome}[/]"
+        )
         table.add_row(item.name, action, item.reason, item.reference)
     return table
 
@@ -139,6 +158,7 @@ def summary_table(result: CascadeResult) -> Table:
         "built": "green",
         "present": "green",
         "failed": "red",
+        "refused": "red",
         "blocked": "yellow",
         "cancelled": "yellow",
     }
@@ -147,6 +167,13 @@ def summary_table(result: CascadeResult) -> Table:
         detail = item.reference if item.outcome in ("built", "present") else item.reason
         table.add_row(item.name, f"[{colour.get(item.outcome, '')}]{item.outcome}[/]", duration, detail)
     return table
+
+
+def refusal_fixes(result: CascadeResult) -> list[str]:
+    """One line per refused image: what makes it buildable."""
+    return [
+        f"{item.name}: {item.reason}; fix: {'; '.join(item.fixes)}" for item in result.results if item.fixes
+    ]
 
 
 def failure_logs(result: CascadeResult) -> list[str]:

@@ -1,0 +1,55 @@
+"""Why an image cannot be built as it stands, known before anything is built.
+
+A refusal is a reason plus the fix. `invoke plan` shows them as `cannot build: <reason>`; the
+cascade builds everything else, reports each refused image with its fix and blocks its
+descendants. Refusals come from the declaration (`declaration_refusals`: a required build arg that
+is empty) and may be added by whoever knows more at run time (`Plan.with_refusals`: a backend that
+lacks a setting the image needs, a secret that is not provided). Each reason is one line, free of
+secret values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from imagecascade.core.declaration import ImageSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """One reason an image cannot be built (`build arg X is empty`) and what fixes it."""
+
+    reason: str
+    fix: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def declaration_refusals(spec: ImageSpec, root: Path) -> tuple[Refusal, ...]:
+    """The refusals that follow from `spec` alone: each required build arg that is absent or blank."""
+    declaration = _shown(spec.declaration_path, root)
+    refusals = []
+    for key in spec.required_build_args:
+        value = spec.build_args.get(key)
+        if value is None:
+            state = "is not set"
+        elif not value.strip():
+            state = "is empty"
+        else:
+            continue
+        refusals.append(Refusal(f"build arg {key} {state}", f"set build_args.{key} in {declaration}"))
+    return tuple(refusals)
+
+
+def describe(refusals: tuple[Refusal, ...]) -> str:
+    """`cannot build: <reason>; <reason>`: the one line plan and cascade show."""
+    return "cannot build: " + "; ".join(refusal.reason for refusal in refusals)
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
