@@ -109,13 +109,23 @@ def test_progress_events_and_a_failure_with_its_log_tail_and_no_tag(
     request = request_for(plan)
     cleanup.extend(request.references)
     events: list[BuildEvent] = []
-    with pytest.raises(BuildError, match="returned a non-zero code: 7") as failure:
+    reason = r"step 3/\d+ \(RUN echo line-0 && .*\) failed: exited with code 7: line-39$"
+    with pytest.raises(BuildError, match=reason) as failure:
         LocalBackend(engine).build(request, events.append, threading.Event())
     steps = [(event.step, event.steps) for event in events if event.kind == "step"]
     total = steps[0][1]  # the Dockerfile's 3 steps plus one LABEL step per label
     assert steps == [(number, total) for number in range(1, 4)]
-    tail = failure.value.log_tail
-    assert len(tail) == 30 and "line-39" in tail and "returned a non-zero code: 7" in tail[-1]
+    assert [event.message for event in events if event.kind == "log" and "line-" in event.message] == [
+        f"line-{index}" for index in range(40)
+    ]
+    # The failing step's own last 30 lines: no builder chatter, no RUN script pasted back.
+    assert failure.value.log_tail == ("… (10 lines)", *(f"line-{index}" for index in range(10, 40)))
+    assert request.log_path is not None
+    logged = request.log_path.read_text()
+    assert [line for line in logged.splitlines() if line.startswith("line-")] == [
+        f"line-{index}" for index in range(40)
+    ]
+    assert "returned a non-zero code: 7" in logged and "\x1b" not in logged
     assert all(engine.inspect_image(reference) is None for reference in request.references)
 
 

@@ -41,6 +41,7 @@ from imagecascade.cloud.cloudbuild_api import (
 )
 from imagecascade.cloud.gcs import CloudStorage
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
+from imagecascade.core.build_log import BuildLog
 from imagecascade.core.build_options import CloudBuildOptions
 from imagecascade.core.context import dockerfile_name_in_tar, write_context_tar
 from imagecascade.core.settings import Settings
@@ -191,9 +192,22 @@ class CloudBuildBackend:
         cancelled: threading.Event,
     ) -> BuildOutcome:
         image = request.image
+        title = f"{image.name}:{image.tag} on Cloud Build"
+        with BuildLog(image.name, request.log_path, on_event, title=title) as build_log:
+            return self._build(request, build_log, cancelled)
+
+    def _build(self, request: BuildRequest, build_log: BuildLog, cancelled: threading.Event) -> BuildOutcome:
+        image = request.image
 
         def emit(kind: Any, message: str, step: int | None = None, steps: int | None = None) -> None:
-            on_event(BuildEvent(image=image.name, kind=kind, message=message, step=step, steps=steps))
+            # Steps and log lines go through the build log (file and live view); the rest is live only.
+            if kind == "step":
+                build_log.step(step, steps, message)
+            elif kind == "log":
+                build_log.output(message + "\n")
+            else:
+                build_log.note(message, live=False)
+                build_log.event(BuildEvent(image=image.name, kind=kind, message=message))
 
         submission, options = self.submission(request)
         region = self.region_for(options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Literal, Protocol
 
 from imagecascade.core.plan import PlannedImage
@@ -27,6 +28,8 @@ class BuildRequest:
     labels: Mapping[str, str]  # OCI labels and the freshness labels
     references: tuple[str, ...]  # `<repo>:<hash tag>` first, then `<repo>:latest`
     registry: str  # "" = keep in the engine's store, else push every reference there
+    log_path: Path | None = None  # where the complete build log goes (core.build_log.BuildLog)
+    fresh: bool = False  # --force: no layer cache, external bases pulled again
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

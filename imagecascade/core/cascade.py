@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from imagecascade.core.backend import Backend, BuildError, BuildEvent, BuildRequest, ImageStore
+from imagecascade.core.build_log import log_path
 from imagecascade.core.graph import ancestors
 from imagecascade.core.plan import Plan, PlannedImage, image_reference
 from imagecascade.core.refusals import describe
@@ -27,7 +28,7 @@ from imagecascade.errors import BackendError, ConfigError, NotBuilt
 # "parent missing": a selected image's parent is outside the selection and not in the target.
 Action = Literal["present", "build", "refused", "blocked", "parent missing"]
 Outcome = Literal["built", "present", "failed", "refused", "blocked", "cancelled", "would build"]
-LOG_TAIL_LINES = 30
+FORCED = "forced (--force): no layer cache, external bases pulled again"
 LOOKUP_THREADS = 8
 
 LABEL_REVISION = "org.opencontainers.image.revision"
@@ -68,6 +69,7 @@ class ImageResult:
     digest: str | None = None
     log_tail: tuple[str, ...] = ()
     fixes: tuple[str, ...] = ()  # refused: what makes it buildable
+    log_path: Path | None = None  # the complete build log, when a build was attempted
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -169,7 +171,7 @@ def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decis
         elif wanted and parent in unbuildable:
             action, reason = "blocked", f"parent {parent} cannot be built"
         elif name in forced:
-            action, reason = "build", "forced (--force)"
+            action, reason = "build", FORCED
         elif present[name]:
             action, reason = "present", f"present in {target}"
         elif parent in building:
@@ -234,8 +236,13 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_request(plan: Plan, image: PlannedImage, provenance: Provenance, created: str) -> BuildRequest:
-    """Everything the backend needs for one image: BASE_IMAGE, labels, both references."""
+def build_request(
+    plan: Plan, image: PlannedImage, provenance: Provenance, created: str, *, fresh: bool = False
+) -> BuildRequest:
+    """Everything the backend needs for one image: BASE_IMAGE, labels, both references, the log.
+
+    `fresh` (--force) asks for no layer cache and freshly pulled external bases.
+    """
     registry = plan.settings.registry
     base = base_reference(plan, image)
     labels = {
@@ -257,6 +264,8 @@ def build_request(plan: Plan, image: PlannedImage, provenance: Provenance, creat
             image_reference(image.name, "latest", registry),
         ),
         registry=registry,
+        log_path=log_path(plan.settings.root, image.name, image.tag),
+        fresh=fresh,
     )
 
 
@@ -438,7 +447,9 @@ class _Scheduler:
         image = self.plan.get(name)
         decision = self.decisions[name]
         assert self._provenance is not None
-        request = build_request(self.plan, image, self._provenance, now_rfc3339())
+        fresh = decision.reason == FORCED
+        request = build_request(self.plan, image, self._provenance, now_rfc3339(), fresh=fresh)
+        logged = request.log_path
         started = time.monotonic()
         self.emit(BuildEvent(image=name, kind="started", message=f"building ({decision.reason})"))
         try:
@@ -451,7 +462,8 @@ class _Scheduler:
                 reason="stopped" if stopped else str(error),
                 reference=decision.reference,
                 duration=time.monotonic() - started,
-                log_tail=error.log_tail[-LOG_TAIL_LINES:],
+                log_tail=error.log_tail,
+                log_path=logged if logged is not None and logged.exists() else None,
             )
         return ImageResult(
             name=name,
@@ -460,7 +472,8 @@ class _Scheduler:
             reference=decision.reference,
             duration=time.monotonic() - started,
             digest=outcome.digest,
-            log_tail=outcome.log_tail[-LOG_TAIL_LINES:],
+            log_tail=outcome.log_tail,
+            log_path=logged if logged is not None and logged.exists() else None,
         )
 
     def _collect(self, name: str, future: concurrent.futures.Future[ImageResult]) -> None:
@@ -472,7 +485,14 @@ class _Scheduler:
             if not self.backend_error:
                 self.backend_error = f"{name}: {error}"
             self.cancelled.set()
-            result = ImageResult(name=name, outcome="failed", reason=str(error), reference=decision.reference)
+            logged = log_path(self.plan.settings.root, name, self.plan.get(name).tag)
+            result = ImageResult(
+                name=name,
+                outcome="failed",
+                reason=str(error),
+                reference=decision.reference,
+                log_path=logged if logged.exists() else None,
+            )
         except Exception as error:  # a bug or an unexpected failure of this one image
             result = ImageResult(
                 name=name,

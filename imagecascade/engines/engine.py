@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import re
 import socket
 import threading
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,8 @@ import docker.utils
 import requests.exceptions
 import urllib3.exceptions
 
+from imagecascade.core.backend import BuildError
+from imagecascade.core.build_log import shorten
 from imagecascade.errors import BackendError
 
 
@@ -163,12 +166,16 @@ class Engine:
         platform: str | None,
         target: str | None,
         cancelled: threading.Event,
+        no_cache: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Send a tar context to the classic builder; yield its decoded stream chunks.
 
         Builds with host networking and no tag: the caller tags only a finished image. Chunks
         carrying `error` are yielded, not raised. When `cancelled` is set, the connection is cut,
         which makes the engine stop the build and remove its containers; the stream then ends.
+        `no_cache` builds every step afresh. Raises BuildError when the engine refuses this build
+        request (a Dockerfile it cannot parse: 400; build args too large for the URL: 431), and
+        BackendError when the engine cannot be reached or fails itself.
         """
         api = _StreamingClient(
             timeout=None, version=self._client.api.api_version, **self._connection_kwargs()
@@ -188,10 +195,19 @@ class Engine:
                     rm=True,
                     forcerm=True,
                     pull=False,
+                    nocache=no_cache,
                     decode=True,
                 )
+            except docker.errors.APIError as error:
+                refused = _refused_build(error)
+                if refused:
+                    raise BuildError(refused) from None
+                raise BackendError(f"Docker Engine: cannot start a build: {_engine_words(error)}") from None
             except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
-                raise BackendError(f"Docker Engine: cannot start a build: {error}") from error
+                # Their text can hold the request URL, and with it every build arg: never print it.
+                raise BackendError(
+                    f"Docker Engine: cannot start a build: {shorten(_without_url(str(error)))}"
+                ) from None
             cutter = threading.Thread(
                 target=_cut_when_cancelled, args=(api, cancelled, finished), name="build-cancel", daemon=True
             )
@@ -201,7 +217,9 @@ class Engine:
             except _STREAM_ERRORS as error:
                 if cancelled.is_set():
                     return
-                raise BackendError(f"Docker Engine: the build stream broke off: {error}") from error
+                raise BackendError(
+                    f"Docker Engine: the build stream broke off: {shorten(_without_url(str(error)))}"
+                ) from None
         finally:
             finished.set()
             api.close()
@@ -237,7 +255,10 @@ class Engine:
 
         Anything else (registry unreachable, auth, 5xx) raises BackendError: never "missing".
         """
-        repository, tag = split_reference(reference)
+        name, _, digest = reference.partition("@")
+        repository, tag = split_reference(name)
+        if digest:  # the engine pulls by digest when the tag field holds one
+            tag, reference = digest, f"{repository}@{digest}"
         try:
             for chunk in self._client.api.pull(repository, tag=tag, stream=True, decode=True):
                 if chunk.get("error"):
@@ -279,6 +300,42 @@ _STREAM_ERRORS = (
     http.client.HTTPException,
     OSError,
 )
+
+
+# Build request refusals that belong to the image, not to the engine: its Dockerfile, its size.
+_IMAGE_FAULTS = {
+    400: "the engine refused the build",
+    413: "the build request is too large for the engine",
+    414: "the build request's URL is too long for the engine (build args and labels travel in it)",
+    431: "the build request is too large for the engine (HTTP 431): build args and labels travel in the "
+    "request URL, which the engine limits to about 1 MB; put large values in a file of the build context",
+}
+_URL = re.compile(r"(?:https?|http\+unix)://\S+")
+
+
+def _refused_build(error: docker.errors.APIError) -> str:
+    """The one-line reason when the engine refused a build request for the image's own fault."""
+    status = error.status_code
+    if status not in _IMAGE_FAULTS:
+        return ""
+    explanation = _engine_words(error)
+    if status == 400:
+        return f"{_IMAGE_FAULTS[400]}: {explanation}" if explanation else _IMAGE_FAULTS[400]
+    return _IMAGE_FAULTS[status]
+
+
+def _engine_words(error: docker.errors.APIError) -> str:
+    """What the engine said, without the request URL the SDK adds (it can hold megabytes of args)."""
+    explanation = error.explanation
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", "replace")
+    text = str(explanation or "").strip() or f"HTTP {error.status_code}"
+    return shorten(_without_url(text))
+
+
+def _without_url(text: str) -> str:
+    text = _URL.sub("<url>", text)
+    return re.sub(r"with url: \S+", "with url: <url>", text)
 
 
 def split_reference(reference: str) -> tuple[str, str]:

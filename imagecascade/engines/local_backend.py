@@ -6,7 +6,6 @@ finished image is tagged (and pushed) afterwards, so a stopped or failed build l
 
 from __future__ import annotations
 
-import collections
 import re
 import tempfile
 import threading
@@ -14,15 +13,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
+from imagecascade.core.build_log import BuildLog, shorten
 from imagecascade.core.context import write_context_tar
 from imagecascade.errors import BackendError
 
 if TYPE_CHECKING:
     from imagecascade.engines.engine import Engine
 
-LOG_TAIL_LINES = 30
-_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
-_BUILT = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$", re.DOTALL)
+_BUILT = re.compile(r"^Successfully built ([0-9a-f]{12,64})\s*$")
+# The classic builder's own lines between steps (not a step's output).
+_BUILDER_LINE = re.compile(r"^(?: ---> |Removing intermediate container |Successfully (?:built|tagged) )")
+# The classic builder wraps each write of a RUN's stderr in red (moby's streamformatter).
+_STDERR_START = "\x1b[91m"
+_RUN_FAILED = re.compile(r"^The command .* returned a non-zero code: (\d+)\s*$", re.DOTALL)
 # Push errors that mean the registry is down or unreachable, not that this image was refused.
 _UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "dial tcp", "connection reset", "eof")
 
@@ -51,10 +55,23 @@ class LocalBackend:
         cancelled: threading.Event,
     ) -> BuildOutcome:
         image = request.image
+        title = f"{image.name}:{image.tag} on the local engine"
+        with BuildLog(image.name, request.log_path, on_event, title=title) as log:
+            image_id = self._build(request, log, cancelled)
+            for reference in request.references:
+                self._engine.tag_image(image_id, reference)
+            if not request.registry:
+                return BuildOutcome(log_tail=log.failure_tail())
+            return BuildOutcome(digest=self._push(request, log), log_tail=log.failure_tail())
+
+    def _build(self, request: BuildRequest, log: BuildLog, cancelled: threading.Event) -> str:
+        """Run the build, logging everything; the image id, or BuildError / BackendError."""
+        image = request.image
         spec = image.spec
         name = image.name
-        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         image_id: str | None = None
+        if request.fresh:
+            self._pull_external(request, log)
         with tempfile.TemporaryFile(prefix="imagecascade-context-") as context:
             dockerfile = write_context_tar(spec.context, spec.dockerfile, list(image.inputs.files), context)
             context.seek(0)
@@ -66,61 +83,87 @@ class LocalBackend:
                 platform=spec.platform,
                 target=spec.target,
                 cancelled=cancelled,
+                no_cache=request.fresh,
             )
+            after_header = False
             for chunk in stream:
                 if "error" in chunk:
-                    detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-                    tail.append(str(detail).rstrip())
+                    message = str((chunk.get("errorDetail") or {}).get("message") or chunk["error"])
+                    log.note(f"error: {message}", live=False)  # the engine's words, in the file only
                     if cancelled.is_set():
-                        raise BuildError(f"{name}: build stopped", tuple(tail))
-                    raise BuildError(f"{name}: build failed: {str(detail).strip()}", tuple(tail))
+                        raise BuildError(f"{name}: build stopped", log.failure_tail())
+                    raise BuildError(f"{name}: {log.failure_reason(_detail(message))}", log.failure_tail())
                 aux = chunk.get("aux") or {}
                 if isinstance(aux, dict) and aux.get("ID"):
                     image_id = str(aux["ID"])
                 text = chunk.get("stream")
                 if not isinstance(text, str):
                     continue
-                for line in text.splitlines():
-                    line = line.rstrip()
-                    if not line:
-                        continue
-                    tail.append(line)
-                    step = _STEP.match(line)
-                    if step:
-                        on_event(
-                            BuildEvent(
-                                image=name,
-                                kind="step",
-                                message=step.group(3),
-                                step=int(step.group(1)),
-                                steps=int(step.group(2)),
-                            )
-                        )
-                    else:
-                        on_event(BuildEvent(image=name, kind="log", message=line))
-                        built = _BUILT.match(line)
-                        if built and image_id is None:
-                            image_id = built.group(1)
+                if after_header and text == "\n":
+                    after_header = False
+                    continue  # the builder ends each step header with a chunk of its own
+                after_header = False
+                if text.startswith(_STDERR_START):
+                    log.output(text, "stderr")
+                    continue
+                step = _STEP.match(text)
+                if step:
+                    log.step(int(step.group(1)), int(step.group(2)), step.group(3).rstrip())
+                    after_header = not text.endswith("\n")
+                elif _BUILDER_LINE.match(text):
+                    log.flush()
+                    log.note(text)
+                    built = _BUILT.match(text)
+                    if built and image_id is None:
+                        image_id = built.group(1)
+                else:
+                    log.output(text)
         if cancelled.is_set():
             if image_id is not None:
                 self._engine.remove_image(image_id)
-            raise BuildError(f"{name}: build stopped", tuple(tail))
+            raise BuildError(f"{name}: build stopped", log.failure_tail())
         if image_id is None:
-            raise BuildError(f"{name}: the engine reported no image id (the stream ended early)", tuple(tail))
-        for reference in request.references:
-            self._engine.tag_image(image_id, reference)
-        if not request.registry:
-            return BuildOutcome(log_tail=tuple(tail))
+            raise BuildError(
+                f"{name}: the engine reported no image id (the stream ended early)", log.failure_tail()
+            )
+        return image_id
+
+    def _pull_external(self, request: BuildRequest, log: BuildLog) -> None:
+        """--force: pull the external references again (the base, pinned builder images)."""
+        spec = request.image.spec
+        references = [spec.base] if spec.base is not None else []
+        references += [spec.build_args[key] for key in spec.upstream_build_args]
+        for reference in references:
+            if reference is None:
+                continue
+            log.note(f"pulling {reference} (--force)")
+            if self._engine.pull_image(reference) is None:
+                raise BuildError(f"{request.image.name}: --force: {reference} is not in its registry")
+
+    def _push(self, request: BuildRequest, log: BuildLog) -> str | None:
+        name = request.image.name
         digest: str | None = None
         for reference in request.references:
-            on_event(BuildEvent(image=name, kind="state", message=f"pushing {reference}"))
+            log.note(f"pushing {reference}", live=False)
+            log.event(BuildEvent(image=name, kind="state", message=f"pushing {reference}"))
             pushed, error = self._engine.push_image(reference)
             if error is not None:
-                tail.append(f"push {reference}: {error}")
+                log.note(f"push {reference}: {error}")
                 if any(marker in error.lower() for marker in _UNREACHABLE):
                     raise BackendError(f"registry: cannot push {reference}: {error}")
-                raise BuildError(f"{name}: push of {reference} refused: {error}", tuple(tail))
+                raise BuildError(
+                    f"{name}: push of {reference} refused: {error}", (f"push {reference}: {error}",)
+                )
             if digest is None:
                 digest = pushed
-            on_event(BuildEvent(image=name, kind="pushed", message=f"{reference} {pushed or ''}".rstrip()))
-        return BuildOutcome(digest=digest, log_tail=tuple(tail))
+            log.note(f"pushed {reference} {pushed or ''}".rstrip(), live=False)
+            log.event(BuildEvent(image=name, kind="pushed", message=f"{reference} {pushed or ''}".rstrip()))
+        return digest
+
+
+def _detail(message: str) -> str:
+    """The engine's error without the RUN script it pastes in: `exited with code 1`."""
+    failed = _RUN_FAILED.match(message)
+    if failed:
+        return f"exited with code {failed.group(1)}"
+    return shorten(message)

@@ -81,7 +81,7 @@ class CascadeReporter:
             row.started = time.monotonic()
             row.status = "building"
         elif event.kind == "step":
-            row.step = f"{event.step}/{event.steps}"
+            row.step = f"{event.step}/{event.steps}" if event.step is not None else ""
             row.detail = event.message
         elif event.kind == "state":
             if row.started is None:  # the decision: present, or queued with the reason
@@ -93,13 +93,22 @@ class CascadeReporter:
             row.status = event.message.split(" ", 1)[0].rstrip(":")
             row.detail = event.message
             row.finished = time.monotonic()
-        if self._live is None and event.kind != "log":
+        elif event.kind == "log" and self._live is not None:
+            row.detail = event.message
+        if self._live is None:
             self._print_line(event)
 
     def _print_line(self, event: BuildEvent) -> None:
+        """One plain line per event; a step's output lines as `HH:MM:SS image | line`."""
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
-        text = f"step {event.step}/{event.steps}: {event.message}" if event.kind == "step" else event.message
-        self._out.print(f"{stamp} {event.image}: {text}", markup=False, highlight=False, soft_wrap=True)
+        if event.kind == "log":
+            line = f"{stamp} {event.image} | {event.message}"
+        elif event.kind == "step":
+            counted = f"step {event.step}/{event.steps}" if event.step is not None else "step"
+            line = f"{stamp} {event.image}: {counted}: {event.message}"
+        else:
+            line = f"{stamp} {event.image}: {event.message}"
+        self._out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 class _Row:
@@ -177,10 +186,15 @@ def refusal_fixes(result: CascadeResult) -> list[str]:
 
 
 def failure_logs(result: CascadeResult) -> list[str]:
-    """The last log lines of each failed build, ready to print."""
+    """For each failed build: its failing step's last lines and where the complete log is."""
     lines: list[str] = []
     for item in result.results:
-        if item.outcome == "failed" and item.log_tail:
-            lines.append(f"--- {item.name}: last {len(item.log_tail)} lines of the build log ---")
+        if item.outcome != "failed":
+            continue
+        where = f" (complete log: {item.log_path})" if item.log_path else ""
+        if item.log_tail:
+            lines.append(f"--- {item.name}: the failing step's last output{where} ---")
             lines.extend(item.log_tail)
+        elif where:
+            lines.append(f"--- {item.name}: complete log: {item.log_path} ---")
     return lines
