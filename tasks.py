@@ -13,7 +13,8 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
 from imagecascade.core.settings import Settings, find_root, load_settings
-from imagecascade.errors import BackendError, CascadeError, ConfigError
+from imagecascade.errors import INTERRUPTED, BackendError, CascadeError
+from imagecascade.signals import interrupt_name, termination_as_interrupt
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -172,17 +173,22 @@ def _run_cascade(
     options = dataclasses.replace(options, jobs=settings.jobs)
     out = console()
     try:
-        current = compute_plan(settings)
-        chosen = _backend(backend, settings, cloud)
-        store = _store(backend, settings)
-        if options.dry_run:
-            result = run_cascade(current, store, chosen, options)
-        else:
-            names = [image.name for image in current.images]
-            with CascadeReporter(out, names, live=not plain_output(out.is_terminal)) as reporter:
-                result = run_cascade(current, store, chosen, options, on_event=reporter)
-    except KeyboardInterrupt:
-        raise Exit("interrupted: nothing was built", code=130) from None
+        with termination_as_interrupt():
+            current = compute_plan(settings)
+            chosen = _backend(backend, settings, cloud)
+            store = _store(backend, settings)
+            if options.dry_run:
+                result = run_cascade(current, store, chosen, options)
+            else:
+                names = [image.name for image in current.images]
+                with CascadeReporter(out, names, live=not plain_output(out.is_terminal)) as reporter:
+                    result = run_cascade(current, store, chosen, options, on_event=reporter)
+    except KeyboardInterrupt as interrupt:
+        raise Exit(
+            f"interrupted by {interrupt_name(interrupt)}: running builds were stopped, unfinished images "
+            "left untagged",
+            code=INTERRUPTED,
+        ) from None
     except CascadeError as error:
         raise _fail(error) from error
     if options.dry_run:
@@ -195,27 +201,16 @@ def _run_cascade(
         out.print(line, markup=False, highlight=False)
     for line in refusal_fixes(result):
         out.print(line, markup=False, highlight=False)
-    if result.backend_error:
-        raise Exit(f"error: stopped: {result.backend_error}", code=BackendError.exit_code)
-    if result.cancelled:
-        raise Exit(
-            "interrupted: unfinished images were left untagged; rerun to build what is missing", code=130
+    unlocked = result.unlocked_builds(current)
+    if unlocked:
+        print(
+            f"note: images.lock.json does not record the hashes just built ({', '.join(unlocked)}); "
+            "run `invoke hashes --write` and commit it",
+            file=sys.stderr,
         )
-    if not result.ok:
-        failed, blocked, refused = result.names("failed"), result.names("blocked"), result.names("refused")
-        if failed:
-            raise Exit(
-                f"error: failed: {', '.join(failed)}; blocked: {', '.join(blocked) or 'none'}"
-                + (f"; refused: {', '.join(refused)}" if refused else "")
-                + ". Fix and rerun: only what is still missing is built.",
-                code=1,
-            )
-        raise Exit(
-            f"error: cannot build: {', '.join(refused)}"
-            + (f"; blocked: {', '.join(blocked)}" if blocked else "")
-            + "; everything else was built. Fix the declarations (see above) and rerun.",
-            code=ConfigError.exit_code,
-        )
+    code, message = result.verdict()
+    if code:
+        raise Exit(message, code=code)
 
 
 _CASCADE_HELP = {

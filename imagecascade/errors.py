@@ -1,9 +1,20 @@
 """Every error a user can see, each with its own exit code.
 
-Only the entry points (tasks.py, noxfile.py, the hook) turn these into exits.
+Only the entry points (tasks.py, noxfile.py, the hook) turn these into exits. The exit codes, as
+README's table documents them:
+
+    0    success: everything asked for is built, present or current
+    1    a build failed (its descendants blocked); a check found problems (stale lock, smoke failure)
+    2    bad input: an image declaration, Dockerfile, settings file or option; an image that cannot
+         be built as declared (the rest was built)
+    3    the Docker Engine, a registry or a cloud service failed or could not be reached
+    4    an image the command needs is not built
+    130  interrupted: Ctrl-C, SIGTERM or SIGHUP
 """
 
 from __future__ import annotations
+
+INTERRUPTED = 130
 
 
 class CascadeError(Exception):

@@ -123,6 +123,7 @@ class BuildLog:
     def step(self, number: int | None, total: int | None, instruction: str) -> None:
         """A new step begins: `number` of `total` (when known), running `instruction`."""
         self.flush()
+        instruction = strip_ansi(instruction)
         self._step = (number, total, instruction)
         self._step_lines = []
         header = f"Step {number}/{total} : {instruction}" if number is not None else f"Step : {instruction}"

@@ -23,7 +23,8 @@ from imagecascade.core.build_log import log_path
 from imagecascade.core.graph import ancestors
 from imagecascade.core.plan import Plan, PlannedImage, image_reference
 from imagecascade.core.refusals import describe
-from imagecascade.errors import BackendError, ConfigError, NotBuilt
+from imagecascade.errors import INTERRUPTED, BackendError, BuildFailed, ConfigError, NotBuilt
+from imagecascade.signals import interrupt_name
 
 # "parent missing": a selected image's parent is outside the selection and not in the target.
 Action = Literal["present", "build", "refused", "blocked", "parent missing"]
@@ -78,6 +79,7 @@ class CascadeResult:
     results: tuple[ImageResult, ...]
     cancelled: bool = False
     backend_error: str = ""  # set when the engine or registry failed mid-run
+    interrupted_by: str = ""  # SIGINT, SIGTERM or SIGHUP when a signal stopped the run
 
     @property
     def ok(self) -> bool:
@@ -95,6 +97,36 @@ class CascadeResult:
 
     def names(self, outcome: Outcome) -> list[str]:
         return [result.name for result in self.results if result.outcome == outcome]
+
+    def verdict(self) -> tuple[int, str]:
+        """(exit code, one line for the user): 0 all built or present, 3 the engine, a registry or a
+        cloud service failed, 130 interrupted, 1 a build failed, 2 only refusals (cannot build)."""
+        if self.backend_error:
+            return BackendError.exit_code, f"error: stopped: {self.backend_error}"
+        if self.cancelled:
+            by = f" by {self.interrupted_by}" if self.interrupted_by else ""
+            return INTERRUPTED, (
+                f"interrupted{by}: running builds were stopped and unfinished images left untagged; "
+                "rerun to build what is missing"
+            )
+        if self.ok:
+            return 0, ""
+        failed, blocked, refused = self.names("failed"), self.names("blocked"), self.names("refused")
+        listed = f"; blocked: {', '.join(blocked)}" if blocked else ""
+        if failed:
+            refusals = f"; refused: {', '.join(refused)}" if refused else ""
+            return BuildFailed.exit_code, (
+                f"error: failed: {', '.join(failed)}{listed}{refusals}. "
+                "Fix and rerun: only what is still missing is built."
+            )
+        return ConfigError.exit_code, (
+            f"error: cannot build: {', '.join(refused)}{listed}; everything else was built. "
+            "Fix the declarations (see above) and rerun."
+        )
+
+    def unlocked_builds(self, plan: Plan) -> list[str]:
+        """Images this run built whose hash images.lock.json does not record."""
+        return [name for name in self.names("built") if not plan.get(name).locked]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,7 +404,7 @@ class _Scheduler:
                 )
                 message = f"{decision.action}: {decision.reason}"
                 self.emit(BuildEvent(image=name, kind="finished", message=message))
-        interrupted = False
+        interrupted = ""
         if pending:
             self._provenance = read_provenance(self.plan.settings.root)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="build")
@@ -393,8 +425,8 @@ class _Scheduler:
                     )
                     for future in done:
                         self._collect(running.pop(future), future)
-            except KeyboardInterrupt:
-                interrupted = True
+            except KeyboardInterrupt as interrupt:
+                interrupted = interrupt_name(interrupt)
                 self.cancelled.set()
                 for name in pending:
                     self._finish_unstarted(name, "cancelled", "not started: interrupted")
@@ -409,8 +441,9 @@ class _Scheduler:
         return CascadeResult(
             target=target,
             results=results,
-            cancelled=interrupted or (self.cancelled.is_set() and not self.backend_error),
+            cancelled=bool(interrupted) or (self.cancelled.is_set() and not self.backend_error),
             backend_error=self.backend_error,
+            interrupted_by=interrupted,
         )
 
     def _launch(

@@ -199,10 +199,7 @@ class Engine:
                     decode=True,
                 )
             except docker.errors.APIError as error:
-                refused = _refused_build(error)
-                if refused:
-                    raise BuildError(refused) from None
-                raise BackendError(f"Docker Engine: cannot start a build: {_engine_words(error)}") from None
+                raise _build_api_error(error) from None
             except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
                 # Their text can hold the request URL, and with it every build arg: never print it.
                 raise BackendError(
@@ -214,6 +211,8 @@ class Engine:
             cutter.start()
             try:
                 yield from chunks
+            except docker.errors.APIError as error:  # the SDK checks the status on the first read
+                raise _build_api_error(error) from None
             except _STREAM_ERRORS as error:
                 if cancelled.is_set():
                     return
@@ -310,18 +309,19 @@ _IMAGE_FAULTS = {
     431: "the build request is too large for the engine (HTTP 431): build args and labels travel in the "
     "request URL, which the engine limits to about 1 MB; put large values in a file of the build context",
 }
-_URL = re.compile(r"(?:https?|http\+unix)://\S+")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+")
 
 
-def _refused_build(error: docker.errors.APIError) -> str:
-    """The one-line reason when the engine refused a build request for the image's own fault."""
+def _build_api_error(error: docker.errors.APIError) -> BuildError | BackendError:
+    """BuildError when the engine refused the build request for the image's own fault, else
+    BackendError; either way one short line, without the request URL."""
     status = error.status_code
-    if status not in _IMAGE_FAULTS:
-        return ""
     explanation = _engine_words(error)
     if status == 400:
-        return f"{_IMAGE_FAULTS[400]}: {explanation}" if explanation else _IMAGE_FAULTS[400]
-    return _IMAGE_FAULTS[status]
+        return BuildError(f"{_IMAGE_FAULTS[400]}: {explanation}")
+    if status in _IMAGE_FAULTS:
+        return BuildError(_IMAGE_FAULTS[status])
+    return BackendError(f"Docker Engine: cannot build: {explanation}")
 
 
 def _engine_words(error: docker.errors.APIError) -> str:
