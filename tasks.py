@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from invoke.tasks import Task, task
 
 from imagecascade.core.settings import Settings, find_root, load_settings
 from imagecascade.errors import INTERRUPTED, BackendError, CascadeError
-from imagecascade.signals import interrupt_name, termination_as_interrupt
+from imagecascade.signals import interrupt_name, quiet_broken_pipe, termination_as_interrupt
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -22,6 +24,17 @@ def _settings(**overrides: Any) -> Settings:
         return load_settings(find_root(Path.cwd())).with_overrides(**overrides)
     except CascadeError as error:
         raise Exit(f"error: {error}", code=error.exit_code) from error
+
+
+def _pipe_safe(body: Callable[..., None]) -> Callable[..., None]:
+    """A reader that stops early (`invoke plan --json | head -1`) ends the task quietly, exit 0."""
+
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with quiet_broken_pipe():
+            body(*args, **kwargs)
+
+    return run
 
 
 def _fail(error: CascadeError) -> Exit:
@@ -34,6 +47,7 @@ def _fail(error: CascadeError) -> Exit:
         "check": "exit 1 when the lock file is stale (the default)",
     }
 )
+@_pipe_safe
 def hashes(c: Context, write: bool = False, check: bool = False) -> None:
     """Check (default) or rewrite the freshness hashes recorded in images.lock.json."""
     from imagecascade.core.hook import check_hashes, write_hashes
@@ -49,23 +63,6 @@ def hashes(c: Context, write: bool = False, check: bool = False) -> None:
         raise Exit(code=code)
 
 
-def _build_states(plan: Any) -> dict[str, tuple[str, str]]:
-    """present/missing per image, or unknown with the reason when the store cannot answer."""
-    from imagecascade.engines.store import open_store
-
-    try:
-        store = open_store(plan.settings.registry)
-    except BackendError as error:
-        return {image.name: ("unknown", str(error)) for image in plan.images}
-    states: dict[str, tuple[str, str]] = {}
-    for image in plan.images:
-        try:
-            states[image.name] = ("present" if store.has(image.name, image.tag) else "missing", "")
-        except BackendError as error:
-            states[image.name] = ("unknown", str(error))
-    return states
-
-
 @task(
     help={
         "json": "print the plan as JSON for scripts and CI",
@@ -73,6 +70,7 @@ def _build_states(plan: Any) -> dict[str, tuple[str, str]]:
         "offline": "do not ask the engine or registry whether images are built",
     }
 )
+@_pipe_safe
 def plan(c: Context, json_: bool = False, registry: str | None = None, offline: bool = False) -> None:
     """Show every image's hash, lock state, build state and why it is stale."""
     from imagecascade.core.plan import compute_plan, plan_document
@@ -81,23 +79,29 @@ def plan(c: Context, json_: bool = False, registry: str | None = None, offline: 
         current = compute_plan(_settings(registry=registry))
     except CascadeError as error:
         raise _fail(error) from error
-    states = (
-        {image.name: ("unknown", "--offline") for image in current.images}
-        if offline
-        else _build_states(current)
-    )
+    from imagecascade.engines.store import BuildStates, look_up_build_states, open_store
+
+    if offline:
+        states = BuildStates({image.name: ("unknown", "--offline") for image in current.images})
+    else:
+        states = look_up_build_states(current, lambda: open_store(current.settings.registry))
     if json_:
-        print(json.dumps(plan_document(current, states), indent=2))
+        document = plan_document(current, states.states)
+        document["build_state_error"] = states.problem
+        print(json.dumps(document, indent=2))
         return
     from imagecascade.rendering.terminal import console, plan_table
 
     out = console()
-    out.print(plan_table(current, states))
+    out.print(plan_table(current, states.states))
+    if states.problem:
+        out.print(f"build state unknown: {states.problem}", markup=False, soft_wrap=True)
     for name in current.removed:
         out.print(f"[red]{name}[/]: recorded in the lock file but images/{name} is gone")
 
 
 @task(help={"format": "tree (default), mermaid or dot"})
+@_pipe_safe
 def graph(c: Context, format: str = "tree") -> None:
     """Draw the cascade of images, stale ones marked."""
     from imagecascade.core.graph import render
@@ -192,7 +196,7 @@ def _run_cascade(
     except CascadeError as error:
         raise _fail(error) from error
     if options.dry_run:
-        out.print(dry_run_table(result))
+        out.print(dry_run_table(result, _why(current, store, result)))
         for line in refusal_fixes(result):
             out.print(line, markup=False, highlight=False)
         return
@@ -211,6 +215,17 @@ def _run_cascade(
     code, message = result.verdict()
     if code:
         raise Exit(message, code=code)
+
+
+def _why(plan: Any, store: Any, result: Any) -> dict[str, str]:
+    """For a dry run: what the target holds instead of each missing image, and what changed."""
+    from imagecascade.core.why import why_missing
+
+    missing = [item.name for item in result.results if item.reason.startswith("missing")]
+    try:
+        return why_missing(plan, store.newest_hash, missing, store.description)
+    except BackendError as error:
+        return {name: f"cannot tell why: {error}" for name in missing}
 
 
 _CASCADE_HELP = {
@@ -241,6 +256,7 @@ def _number(flag: str, value: Any, kind: type) -> Any:
 
 
 @task(help=_CASCADE_HELP)
+@_pipe_safe
 def cascade(
     c: Context,
     registry: str | None = None,
@@ -291,7 +307,7 @@ def _image_task(name: str, description: str) -> Task[Any]:
         f"\n\nBuilds images/{name} when its hash tag is missing in the target."
     )
     return Task(
-        build_image,
+        _pipe_safe(build_image),
         name=f"build-{name.replace('.', '-').replace('_', '-')}",
         help={
             "force": "rebuild even when the hash tag exists",
@@ -326,6 +342,7 @@ def _image_tasks() -> list[Task[Any]]:
 
 
 @task(help={"check": "only report moved upstream tags; exit 1 when any moved"})
+@_pipe_safe
 def upstream(c: Context, check: bool = False) -> None:
     """Repin each external base in image.toml to the digest its tag has now."""
     from imagecascade.core.declaration import load_images

@@ -9,7 +9,9 @@ left behind, half-pushed tags would stay. Inside `termination_as_interrupt()` th
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
@@ -49,3 +51,31 @@ def termination_as_interrupt(signals: Sequence[signal.Signals] = DEFAULT_SIGNALS
     finally:
         for number, old in previous.items():
             signal.signal(number, old)
+
+
+@contextlib.contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """A reader that stops early (`invoke graph | head -1`) ends the command quietly with exit 0.
+
+    Python ignores SIGPIPE and raises BrokenPipeError instead, with a traceback; here the rest of
+    the output goes to /dev/null (so the flush at exit cannot fail again) and SystemExit(0) follows:
+    the reader chose to stop, which is not a failure of the command. An exit the body chose
+    itself (a check's exit 1) is kept.
+    """
+    broken = False
+    try:
+        try:
+            yield
+        except BrokenPipeError:
+            broken = True
+    finally:
+        try:
+            sys.stdout.flush()  # buffered output meets the closed pipe here, also on the way out
+        except BrokenPipeError:
+            broken = True
+        if broken:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    if broken:
+        raise SystemExit(0)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.engine
 LOUD_FAILURES = {
     "shell": "RUN for i in $(seq 45); do echo line-$i; done; echo {marker} >&2; exit 1\n",
     "buffered": (
-        "RUN python3 -c 'import sys; [print(\"line-%d\" % i) for i in range(45)]; "
+        'RUN python3 -c \'import sys; [print("line-%d" % i) for i in range(45)]; '
         'sys.stderr.write("{marker}\\n"); sys.exit(1)\'\n'
     ),
 }
@@ -82,8 +82,9 @@ def test_a_dockerfile_error_is_that_images_failure_and_the_rest_builds(cascade_r
     done = cascade_repo.invoke("cascade")
     assert done.returncode == 1, done.stdout + done.stderr
     assert _row(done.stdout, "mid")[1] == "failed"
-    assert "the engine refused the build: dockerfile parse error line 4: unknown instruction: RUNX" in (
-        _row(done.stdout, "mid")[3]
+    assert (
+        "the engine refused the build: dockerfile parse error line 4: unknown instruction: RUNX"
+        in (_row(done.stdout, "mid")[3])
     )
     assert _row(done.stdout, "leaf")[1:2] == ["blocked"]
     assert _row(done.stdout, "root")[1] == "built" and _row(done.stdout, "other")[1] == "built"

@@ -14,6 +14,7 @@ import google.auth.exceptions
 import google.auth.transport.requests
 
 from imagecascade.cloud.cloudbuild_api import LOGIN_FIX, application_default_credentials
+from imagecascade.core.cascade import LABEL_HASH
 from imagecascade.core.settings import Settings
 from imagecascade.errors import BackendError, ConfigError
 
@@ -101,6 +102,11 @@ class CloudRegistryStore:
 
     def has(self, name: str, tag: str) -> bool:
         return self._client.manifest_digest(f"{self._registry}/{name}", tag) is not None
+
+    def newest_hash(self, name: str) -> str | None:
+        """The freshness hash of `REGISTRY/name:latest` ("" unlabelled, None when there is none)."""
+        labels = self._client.image_labels(f"{self._registry}/{name}", "latest")
+        return None if labels is None else labels.get(LABEL_HASH, "")
 
 
 def cloudbuild_store(

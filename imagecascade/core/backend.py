@@ -77,3 +77,8 @@ class ImageStore(Protocol):
     def has(self, name: str, tag: str) -> bool:
         """True when `name:tag` exists; raises BackendError when that cannot be known."""
         ...
+
+    def newest_hash(self, name: str) -> str | None:
+        """The freshness-hash label of the newest `name` image there ("" when it has none), None when
+        there is no `name` image at all; raises BackendError when that cannot be known."""
+        ...

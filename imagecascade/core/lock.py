@@ -63,9 +63,17 @@ def read_lock(path: Path) -> dict[str, LockEntry]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read: {error}") from error
+    return parse_lock(text, str(path))
+
+
+def parse_lock(text: str, source: str) -> dict[str, LockEntry]:
+    """The entries of a lock file's text; ConfigError naming `source` when it is not one."""
+    path = source
+    try:
+        data = json.loads(text)
     except ValueError as error:
         raise ConfigError(f"{path}: invalid JSON ({error}); run `invoke hashes --write`") from error
     if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:

@@ -36,6 +36,16 @@ class ImageInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class LocalImage:
+    """One image in the engine's store, as listed: its tags, labels and creation time (RFC 3339)."""
+
+    id: str
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    created: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerRun:
     """How one throwaway container ended; `error` is set when it could not start."""
 
@@ -57,14 +67,17 @@ class Engine:
     @classmethod
     def from_environment(cls) -> Engine:
         """Connect to what DOCKER_HOST (or the default socket) points at."""
+        connection: dict[str, Any] = {}
         try:
             connection = docker.utils.kwargs_from_env()
             client = docker.DockerClient(timeout=600, **connection)
             client.ping()
-        except docker.errors.DockerException as error:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            where = connection.get("base_url") or "unix:///var/run/docker.sock"
             raise BackendError(
-                f"Docker Engine: cannot connect ({error}); start dockerd or set DOCKER_HOST"
-            ) from error
+                f"Docker Engine: cannot connect to {where} ({_root_cause(error)}); "
+                "start dockerd or set DOCKER_HOST"
+            ) from None
         return cls(client, connection)
 
     @property
@@ -81,6 +94,25 @@ class Engine:
             raise BackendError(f"Docker Engine: cannot inspect {reference}: {error}") from error
         config = image.attrs.get("Config") or {}
         return ImageInfo(id=image.id, labels=dict(config.get("Labels") or {}), config=config)
+
+    def list_images(self, repository: str, *, label: str | None = None) -> list[LocalImage]:
+        """The images tagged in `repository` (any tag), optionally only those carrying `label`,
+        newest first."""
+        filters = {"label": label} if label else None
+        try:
+            found = self._client.images.list(name=repository, filters=filters)
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot list images of {repository}: {error}") from error
+        images = [
+            LocalImage(
+                id=image.id,
+                tags=tuple(image.tags),
+                labels=dict((image.attrs.get("Config") or {}).get("Labels") or {}),
+                created=str(image.attrs.get("Created", "")),
+            )
+            for image in found
+        ]
+        return sorted(images, key=lambda image: image.created, reverse=True)
 
     def image_exists(self, reference: str) -> bool:
         return self.inspect_image(reference) is not None
@@ -331,6 +363,20 @@ def _engine_words(error: docker.errors.APIError) -> str:
         explanation = explanation.decode("utf-8", "replace")
     text = str(explanation or "").strip() or f"HTTP {error.status_code}"
     return shorten(_without_url(text))
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost OS-level reason (`No such file or directory`), else the error's own words."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for candidate in (current, *(arg for arg in current.args if isinstance(arg, BaseException))):
+            if isinstance(candidate, OSError) and candidate.strerror:
+                return candidate.strerror
+        nested = [arg for arg in current.args if isinstance(arg, BaseException)]
+        current = current.__cause__ or current.__context__ or (nested[0] if nested else None)
+    return shorten(_without_url(str(error)), 200)
 
 
 def _without_url(text: str) -> str:

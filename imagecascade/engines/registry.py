@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import tenacity
 
@@ -143,7 +144,7 @@ class RegistryClient:
         """
         ref = RepositoryRef.parse(repository)
         url = f"{ref.base_url}/v2/{ref.repository}/manifests/{tag}"
-        status, headers = self._head(ref, url)
+        status, headers, _ = self._send(ref, url)
         if status == 404:
             return None
         return headers.get("docker-content-digest", "") or "unknown-digest"
@@ -160,7 +161,54 @@ class RegistryClient:
             raise BackendError(f"registry: {reference}: the answer carried no Docker-Content-Digest")
         return digest
 
-    def _head(self, ref: RepositoryRef, url: str) -> tuple[int, dict[str, str]]:
+    def image_labels(self, repository: str, tag: str) -> dict[str, str] | None:
+        """The labels in the image config of `repository:tag`, None when the tag does not exist.
+
+        From an image index, the linux/amd64 image (else the first). Errors as manifest_digest.
+        """
+        ref = RepositoryRef.parse(repository)
+        manifests = f"{ref.base_url}/v2/{ref.repository}/manifests"
+        manifest = self._get_json(ref, f"{manifests}/{tag}", MANIFEST_TYPES)
+        if manifest is None:
+            return None
+        entries = manifest.get("manifests")
+        if isinstance(entries, list) and entries:
+            chosen = next(
+                (
+                    entry
+                    for entry in entries
+                    if (entry.get("platform") or {}).get("os") == "linux"
+                    and (entry.get("platform") or {}).get("architecture") == "amd64"
+                ),
+                entries[0],
+            )
+            manifest = self._get_json(ref, f"{manifests}/{chosen.get('digest')}", MANIFEST_TYPES)
+            if manifest is None:
+                raise BackendError(
+                    f"registry {ref.host}: {repository}:{tag}: its index names a missing image"
+                )
+        digest = (manifest.get("config") or {}).get("digest")
+        if not isinstance(digest, str):
+            raise BackendError(f"registry {ref.host}: {repository}:{tag}: the manifest names no config")
+        config = self._get_json(ref, f"{ref.base_url}/v2/{ref.repository}/blobs/{digest}", "*/*")
+        labels = ((config or {}).get("config") or {}).get("Labels") or {}
+        return {str(key): str(value) for key, value in labels.items()}
+
+    def _get_json(self, ref: RepositoryRef, url: str, accept: str) -> dict[str, Any] | None:
+        status, _, body = self._send(ref, url, method="GET", accept=accept)
+        if status == 404:
+            return None
+        try:
+            document = json.loads(body)
+        except ValueError as error:
+            raise BackendError(f"registry {ref.host}: GET {url}: not JSON ({error})") from error
+        if not isinstance(document, dict):
+            raise BackendError(f"registry {ref.host}: GET {url}: not a JSON object")
+        return document
+
+    def _send(
+        self, ref: RepositoryRef, url: str, *, method: str = "HEAD", accept: str = MANIFEST_TYPES
+    ) -> tuple[int, dict[str, str], bytes]:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Transient),
             stop=tenacity.stop_after_attempt(self._attempts),
@@ -170,43 +218,46 @@ class RegistryClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._head_once(ref, url)
+                    return self._send_once(ref, url, method, accept)
         except _Transient as error:
             raise BackendError(
-                f"registry {ref.host}: HEAD {url}: {error} (still failing after {self._attempts} tries)"
+                f"registry {ref.host}: {method} {url}: {error} (still failing after {self._attempts} tries)"
             ) from error
         raise AssertionError("unreachable")
 
-    def _head_once(self, ref: RepositoryRef, url: str) -> tuple[int, dict[str, str]]:
+    def _send_once(
+        self, ref: RepositoryRef, url: str, method: str, accept: str
+    ) -> tuple[int, dict[str, str], bytes]:
         scope_key = (ref.host, ref.repository)
         authorization = self._tokens.get(scope_key)
         for first_pass in (True, False):  # the second pass carries the credentials a 401 asked for
-            headers = {"Accept": MANIFEST_TYPES}
+            headers = {"Accept": accept}
             if authorization:
                 headers["Authorization"] = authorization
-            status, answer = self._request(url, "HEAD", headers, ref)
+            status, answer, body = self._request(url, method, headers, ref)
             if status == 401 and first_pass:
                 authorization = self._authorize(ref, answer.get("www-authenticate", ""), url)
                 with self._lock:
                     self._tokens[scope_key] = authorization
                 continue
             if status in (200, 404):
-                return status, answer
-            raise BackendError(f"registry {ref.host}: HEAD {url} answered {status}{_auth_hint(status)}")
+                return status, answer, body
+            raise BackendError(f"registry {ref.host}: {method} {url} answered {status}{_auth_hint(status)}")
         raise AssertionError("unreachable")
 
     def _request(
         self, url: str, method: str, headers: Mapping[str, str], ref: RepositoryRef
-    ) -> tuple[int, dict[str, str]]:
-        """(status, headers); transient failures raise _Transient, unreachable hosts BackendError."""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body); transient failures raise _Transient, unreachable hosts BackendError."""
         request = urllib.request.Request(url, method=method, headers=dict(headers))
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return response.status, _lower(response.headers.items())
+                body = response.read() if method == "GET" else b""
+                return response.status, _lower(response.headers.items()), body
         except urllib.error.HTTPError as error:
             if error.code in RETRY_STATUSES:
                 raise _Transient(f"answered {error.code} {error.reason}") from error
-            return error.code, _lower(error.headers.items())
+            return error.code, _lower(error.headers.items()), b""
         except (ConnectionResetError, http.client.RemoteDisconnected, http.client.IncompleteRead) as error:
             raise _Transient(f"connection reset ({error})") from error
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:

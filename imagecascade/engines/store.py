@@ -6,10 +6,15 @@ its hash tag exists there.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imagecascade.core.backend import ImageStore
-from imagecascade.core.plan import image_reference
+from imagecascade.core.cascade import LABEL_HASH
+from imagecascade.core.plan import Plan, image_reference
+from imagecascade.core.why import why_missing
+from imagecascade.errors import BackendError
 
 if TYPE_CHECKING:
     from imagecascade.engines.engine import Engine
@@ -23,6 +28,11 @@ class EngineStore:
     def has(self, name: str, tag: str) -> bool:
         return self._engine.image_exists(image_reference(name, tag, ""))
 
+    def newest_hash(self, name: str) -> str | None:
+        """The freshness hash of the newest local `name` image ("" unlabelled, None when none)."""
+        images = self._engine.list_images(name)
+        return images[0].labels.get(LABEL_HASH, "") if images else None
+
 
 class RegistryStore:
     def __init__(self, registry: str) -> None:
@@ -34,6 +44,38 @@ class RegistryStore:
 
     def has(self, name: str, tag: str) -> bool:
         return self._client.manifest_digest(f"{self._registry}/{name}", tag) is not None
+
+    def newest_hash(self, name: str) -> str | None:
+        """The freshness hash of `REGISTRY/name:latest` ("" unlabelled, None when there is none)."""
+        labels = self._client.image_labels(f"{self._registry}/{name}", "latest")
+        return None if labels is None else labels.get(LABEL_HASH, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildStates:
+    """Per image `(state, detail)`: `present`; `missing` with why (core.why); `unknown` with the
+    reason. `problem` is that reason, said once, when the target could not be asked."""
+
+    states: dict[str, tuple[str, str]]
+    problem: str = ""
+
+
+def look_up_build_states(plan: Plan, open_target: Callable[[], ImageStore]) -> BuildStates:
+    """Ask the target about every image of `plan`; the first failure stops asking (it would repeat)."""
+    try:
+        store = open_target()
+        present = {image.name: store.has(image.name, image.tag) for image in plan.images}
+    except BackendError as error:
+        return BuildStates({image.name: ("unknown", str(error)) for image in plan.images}, str(error))
+    missing = [name for name, found in present.items() if not found]
+    try:
+        why = why_missing(plan, store.newest_hash, missing, store.description)
+    except BackendError as error:
+        why = {name: f"cannot tell why: {error}" for name in missing}
+    states = {
+        name: ("present", "") if found else ("missing", why.get(name, "")) for name, found in present.items()
+    }
+    return BuildStates(states)
 
 
 def open_store(registry: str) -> ImageStore:

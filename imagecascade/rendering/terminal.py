@@ -46,7 +46,11 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> Table
         lock = "[green]current[/]" if image.locked else "[red]stale[/]"
         state, detail = build_states.get(image.name, ("unknown", "not looked up"))
         colour = {"present": "green", "missing": "yellow"}.get(state, "red")
-        build = f"[{colour}]{state}[/]" + (f" ({detail})" if state == "unknown" else "")
+        build = f"[{colour}]{state}[/]"
+        if state == "missing" and detail:
+            build += f": {escape(detail)}"  # why: what the target holds instead
+        elif state == "unknown" and detail == "--offline":
+            build += " (--offline)"  # other reasons are printed once below the table
         if image.cannot_build and state != "present":
             build += f"; [red]{escape(describe(image.cannot_build))}[/]"
         table.add_row(image.name, origin, image.tag, lock, build, "; ".join(image.reasons))
@@ -147,7 +151,8 @@ def _colour_status(status: str) -> Text:
     return Text(status, style=colour.get(status, ""))
 
 
-def dry_run_table(result: CascadeResult) -> Table:
+def dry_run_table(result: CascadeResult, why: Mapping[str, str] | None = None) -> Table:
+    """What a run would do; `why` adds, per missing image, what the target holds instead."""
     table = Table(title=f"cascade --dry-run ({result.target}): nothing was built")
     for column in ("image", "would", "why", "reference"):
         table.add_column(column, overflow="fold")
@@ -155,7 +160,8 @@ def dry_run_table(result: CascadeResult) -> Table:
         action = {"would build": "[yellow]build[/]", "present": "[green]keep[/]"}.get(
             item.outcome, f"[red]{item.outcome}[/]"
         )
-        table.add_row(item.name, action, item.reason, item.reference)
+        reason = f"{item.reason}; {why[item.name]}" if why and why.get(item.name) else item.reason
+        table.add_row(item.name, action, escape(reason), item.reference)
     return table
 
 
