@@ -367,4 +367,116 @@ def upstream(c: Context, check: bool = False) -> None:
     print(f"repinned {len(moved)}; the lock is now stale: run `invoke hashes --write`, then `invoke cascade`")
 
 
-ns = Collection(hashes, plan, graph, cascade, upstream, *_image_tasks())
+def _names_an_image(argv: list[str], task_name: str, value_flags: tuple[str, ...]) -> bool:
+    """Whether `invoke <task_name> ...` in `argv` gives a positional argument.
+
+    invoke makes every positional argument required, and `invoke ref --json` names none: `image`
+    is declared positional only when the command line has one, else it stays a plain flag.
+    """
+    if task_name not in argv:
+        return False
+    tokens = argv[argv.index(task_name) + 1 :]
+    skip = False
+    for token in tokens:
+        if skip:
+            skip = False
+        elif token in value_flags:
+            skip = True
+        elif not token.startswith("-"):
+            return True
+    return False
+
+
+@task(
+    help={
+        "image": "the image (default with --json: every image)",
+        "digest": "print REGISTRY/image@sha256:... (needs a registry) instead of the hash tag",
+        "json": "print every image's reference, digest and whether it is built, as JSON",
+        "registry": "look up in this registry instead of the configured one",
+    },
+    positional=["image"] if _names_an_image(sys.argv, "ref", ("-r", "--registry", "-i", "--image")) else [],
+)
+@_pipe_safe
+def ref(
+    c: Context,
+    image: str | None = None,
+    digest: bool = False,
+    json_: bool = False,
+    registry: str | None = None,
+) -> None:
+    """Print the full reference of an image at its current hash in the target; exit 4 when not built."""
+    import dataclasses
+
+    from imagecascade.core.plan import compute_plan
+    from imagecascade.engines.store import built_references, open_store, pinned, require_built
+    from imagecascade.errors import ConfigError
+
+    try:
+        current = compute_plan(_settings(registry=registry))
+        names = [item.name for item in current.images]
+        if image and image not in names:
+            raise ConfigError(f"no such image: {image} (images/ has: {', '.join(names)})")
+        if not image and not json_:
+            raise ConfigError("name an image (invoke ref IMAGE), or pass --json for every image")
+        store = open_store(current.settings.registry)
+        found = built_references(current, store, [image] if image else names, digest=digest)
+        if json_:
+            print(json.dumps([dataclasses.asdict(item) for item in found], indent=2))
+        for item in found:
+            require_built(item, store.description)
+        if not json_:
+            print(pinned(found[0]))
+    except CascadeError as error:
+        raise _fail(error) from error
+
+
+ref.help["json"] = ref.help.pop("json")
+
+
+@task(
+    help={
+        "keep": "also keep this many newest earlier images of each image (default 1)",
+        "dry_run": "only print what would be removed",
+        "registry": "prune the local tags of this registry's images instead of the configured one",
+    }
+)
+@_pipe_safe
+def prune(c: Context, keep: int = 1, dry_run: bool = False, registry: str | None = None) -> None:
+    """Remove this repository's superseded images from the local engine (never from a registry)."""
+    from imagecascade.core.plan import compute_plan
+    from imagecascade.engines.engine import Engine
+    from imagecascade.engines.prune import prune_candidates, remove, size_text
+
+    keep = _number("keep", keep, int)
+    if keep < 0:
+        raise Exit("error: --keep must be 0 or more", code=2)
+    try:
+        with termination_as_interrupt():
+            current = compute_plan(_settings(registry=registry))
+            engine = Engine.from_environment()
+            candidates = prune_candidates(current, engine, keep)
+            if not candidates:
+                print("nothing to prune: no labelled images of this repository in the local engine")
+            removed = freed = 0
+            for candidate in candidates:
+                if candidate.verdict != "remove":
+                    print(f"keep {candidate.describe()}: {candidate.verdict}")
+                    continue
+                if dry_run:
+                    print(f"would remove {candidate.describe()}")
+                    continue
+                problem = remove(engine, candidate)
+                if problem:
+                    print(f"kept {candidate.describe()}: {problem}")
+                    continue
+                removed, freed = removed + 1, freed + candidate.size
+                print(f"removed {candidate.describe()}")
+    except KeyboardInterrupt as interrupt:
+        raise Exit(f"interrupted by {interrupt_name(interrupt)}", code=INTERRUPTED) from None
+    except CascadeError as error:
+        raise _fail(error) from error
+    if not dry_run:
+        print(f"removed {removed} image{'s' if removed != 1 else ''} (up to {size_text(freed)})")
+
+
+ns = Collection(hashes, plan, graph, cascade, upstream, ref, prune, *_image_tasks())

@@ -103,6 +103,9 @@ class CloudRegistryStore:
     def has(self, name: str, tag: str) -> bool:
         return self._client.manifest_digest(f"{self._registry}/{name}", tag) is not None
 
+    def digest(self, name: str, tag: str) -> str | None:
+        return self._client.manifest_digest(f"{self._registry}/{name}", tag)
+
     def newest_hash(self, name: str) -> str | None:
         """The freshness hash of `REGISTRY/name:latest` ("" unlabelled, None when there is none)."""
         labels = self._client.image_labels(f"{self._registry}/{name}", "latest")

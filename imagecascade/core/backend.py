@@ -78,6 +78,11 @@ class ImageStore(Protocol):
         """True when `name:tag` exists; raises BackendError when that cannot be known."""
         ...
 
+    def digest(self, name: str, tag: str) -> str | None:
+        """The manifest digest of `name:tag` in the target registry, None when missing; raises
+        ConfigError for a target without manifest digests (the local engine's store)."""
+        ...
+
     def newest_hash(self, name: str) -> str | None:
         """The freshness-hash label of the newest `name` image there ("" when it has none), None when
         there is no `name` image at all; raises BackendError when that cannot be known."""

@@ -43,6 +43,7 @@ class LocalImage:
     tags: tuple[str, ...]
     labels: dict[str, str]
     created: str
+    size: int = 0  # bytes, layers shared with other images included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Engine:
                 tags=tuple(image.tags),
                 labels=dict((image.attrs.get("Config") or {}).get("Labels") or {}),
                 created=str(image.attrs.get("Created", "")),
+                size=int(image.attrs.get("Size") or 0),
             )
             for image in found
         ]
@@ -313,6 +315,21 @@ class Engine:
             raise BackendError(f"Docker Engine: cannot remove {reference}: {error}") from error
         except docker.errors.DockerException as error:
             raise BackendError(f"Docker Engine: cannot remove {reference}: {error}") from error
+
+    def untag_image(self, reference: str) -> str:
+        """Remove the tag `reference` (the image goes with its last tag); "" when done, else why not
+        (still used by a container). Other engine errors raise BackendError."""
+        try:
+            self._client.api.remove_image(reference, force=False, noprune=False)
+        except (docker.errors.NotFound, docker.errors.ImageNotFound):
+            return ""
+        except docker.errors.APIError as error:
+            if error.status_code == 409:
+                return _engine_words(error)
+            raise BackendError(f"Docker Engine: cannot remove {reference}: {_engine_words(error)}") from None
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot remove {reference}: {error}") from error
+        return ""
 
     def _connection_kwargs(self) -> dict[str, Any]:
         if self._connection is not None:

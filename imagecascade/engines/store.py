@@ -14,7 +14,7 @@ from imagecascade.core.backend import ImageStore
 from imagecascade.core.cascade import LABEL_HASH
 from imagecascade.core.plan import Plan, image_reference
 from imagecascade.core.why import why_missing
-from imagecascade.errors import BackendError
+from imagecascade.errors import BackendError, ConfigError, NotBuilt
 
 if TYPE_CHECKING:
     from imagecascade.engines.engine import Engine
@@ -27,6 +27,12 @@ class EngineStore:
 
     def has(self, name: str, tag: str) -> bool:
         return self._engine.image_exists(image_reference(name, tag, ""))
+
+    def digest(self, name: str, tag: str) -> str | None:
+        raise ConfigError(
+            "--digest needs a registry: an image only in the local engine has no manifest digest "
+            "(pass --registry REF, or set [registry] url in cascade.toml)"
+        )
 
     def newest_hash(self, name: str) -> str | None:
         """The freshness hash of the newest local `name` image ("" unlabelled, None when none)."""
@@ -44,6 +50,9 @@ class RegistryStore:
 
     def has(self, name: str, tag: str) -> bool:
         return self._client.manifest_digest(f"{self._registry}/{name}", tag) is not None
+
+    def digest(self, name: str, tag: str) -> str | None:
+        return self._client.manifest_digest(f"{self._registry}/{name}", tag)
 
     def newest_hash(self, name: str) -> str | None:
         """The freshness hash of `REGISTRY/name:latest` ("" unlabelled, None when there is none)."""
@@ -85,3 +94,41 @@ def open_store(registry: str) -> ImageStore:
     from imagecascade.engines.engine import Engine
 
     return EngineStore(Engine.from_environment())
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltReference:
+    """Where an image at its current hash lives in the target, if it is there."""
+
+    name: str
+    reference: str  # `REGISTRY/name:<hash tag>` (or `name:<hash tag>` in the local engine)
+    built: bool
+    digest: str | None = None  # with --digest: the manifest digest, when built
+
+
+def built_references(
+    plan: Plan, store: ImageStore, names: list[str], *, digest: bool = False
+) -> list[BuiltReference]:
+    """Each image's reference at its current hash in `store`; with `digest`, its manifest digest."""
+    found = []
+    for name in names:
+        image = plan.get(name)
+        reference = image_reference(name, image.tag, plan.settings.registry)
+        if digest:
+            manifest = store.digest(name, image.tag)
+            found.append(BuiltReference(name, reference, manifest is not None, manifest))
+        else:
+            found.append(BuiltReference(name, reference, store.has(name, image.tag)))
+    return found
+
+
+def pinned(found: BuiltReference) -> str:
+    """`REGISTRY/name@sha256:...` when the digest is known, else the tag reference."""
+    if found.digest is None:
+        return found.reference
+    return f"{found.reference.rpartition(':')[0]}@{found.digest}"
+
+
+def require_built(found: BuiltReference, target: str) -> None:
+    if not found.built:
+        raise NotBuilt(f"{found.reference} is not built in {target}; run `invoke cascade`")
