@@ -41,6 +41,11 @@ def _fail(error: CascadeError) -> Exit:
     return Exit(f"error: {error}", code=error.exit_code)
 
 
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 @task(
     help={
         "write": "rewrite the lock file with the current hashes",
@@ -73,12 +78,15 @@ def hashes(c: Context, write: bool = False, check: bool = False) -> None:
 @_pipe_safe
 def plan(c: Context, json_: bool = False, registry: str | None = None, offline: bool = False) -> None:
     """Show every image's hash, lock state, build state and why it is stale."""
+    from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.plan import compute_plan, plan_document
 
     try:
         current = compute_plan(_settings(registry=registry))
+        warnings = check_before_build(current)
     except CascadeError as error:
         raise _fail(error) from error
+    _warn(warnings)
     from imagecascade.engines.store import BuildStates, look_up_build_states, open_store
 
     if offline:
@@ -161,7 +169,8 @@ def _run_cascade(
     """Plan, build what is missing, render progress and the summary, map the outcome to an exit code."""
     import dataclasses
 
-    from imagecascade.core.cascade import run_cascade
+    from imagecascade.core.build_checks import check_before_build
+    from imagecascade.core.cascade import run_cascade, selection
     from imagecascade.core.plan import compute_plan
     from imagecascade.rendering.terminal import (
         CascadeReporter,
@@ -179,6 +188,7 @@ def _run_cascade(
     try:
         with termination_as_interrupt():
             current = compute_plan(settings)
+            _warn(check_before_build(current, selection(current, options)))
             chosen = _backend(backend, settings, cloud)
             store = _store(backend, settings)
             if options.dry_run:

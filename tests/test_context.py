@@ -1,4 +1,8 @@
-"""The context we hash and send is what Docker would send after .dockerignore."""
+"""The context we hash and the tar we send: every kind of entry, and the Dockerfile left behind.
+
+Which paths are sent is compared with Docker itself in test_dockerignore.py; what reaches an
+image, through Docker's builders and through `invoke cascade`, in test_context_engine.py.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +12,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from docker.utils.build import exclude_paths
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from docker_oracle import tar_listing
 
-from imagecascade.core.context import ContextEntry, scan_context, write_context_tar
+from imagecascade.core.context import ContextEntry, scan_context
+from imagecascade.core.context_tar import SIDE_DOCKERFILE, plan_packing, write_context_tar
 from imagecascade.errors import ConfigError
-
-TREE = [
-    "Dockerfile",
-    "app.py",
-    "README.md",
-    "notes.txt",
-    "x.pyc",
-    "src/pkg/__init__.py",
-    "src/pkg/mod.pyc",
-    "src/pkg/data/big.bin",
-    "src/keep.txt",
-    "build/out.o",
-    "build/sub/out2.o",
-    "docs/a.md",
-    "docs/b.txt",
-    ".git/HEAD",
-    "deep/a/b/c/x.txt",
-]
-
-PATTERN_CASES = [
-    [],
-    ["*.pyc"],
-    ["**/*.pyc"],
-    ["build"],
-    ["build/", "!build/sub"],
-    ["src", "!src/keep.txt"],
-    ["docs/*.md"],
-    ["*", "!app.py"],
-    ["*", "!src", "src/pkg/data"],
-    ["/notes.txt", "# comment", "", "  README.md  "],
-    ["deep/**/x.txt"],
-    ["**"],
-    ["Dockerfile"],
-    [".git", "*.md", "!docs/a.md"],
-    ["src/pkg/*", "!src/pkg/__init__.py"],
-    ["?pp.py", "[a-c]*"],
-]
 
 
 def _make_tree(root: Path, paths: list[str]) -> None:
@@ -60,53 +26,15 @@ def _make_tree(root: Path, paths: list[str]) -> None:
         path.write_text(relative)
 
 
-def _ours(root: Path) -> set[str]:
-    entries = scan_context(root, root / "Dockerfile")
-    return {entry.path for entry in entries if entry.kind != "dir"}
-
-
-def _dockers(root: Path, patterns: list[str]) -> set[str]:
-    found = exclude_paths(str(root), list(patterns), "Dockerfile")
-    return {path for path in found if (root / path).is_file()}
-
-
-@pytest.mark.parametrize("patterns", PATTERN_CASES, ids=lambda p: "|".join(p) or "none")
-def test_same_files_as_the_docker_sdk(tmp_path: Path, patterns: list[str]) -> None:
-    _make_tree(tmp_path, TREE)
-    (tmp_path / ".dockerignore").write_text("\n".join(patterns) + "\n")
-    assert _ours(tmp_path) == _dockers(tmp_path, patterns) | {".dockerignore"}
-
-
-_segment = st.sampled_from(["a", "b", "c.txt", "d.py", "e"])
-_paths = st.lists(st.lists(_segment, min_size=1, max_size=3).map("/".join), min_size=1, max_size=12)
-_pattern = st.tuples(
-    st.booleans(),
-    st.lists(st.sampled_from(["a", "b", "*", "**", "*.txt", "c.txt", "?", "e"]), min_size=1, max_size=3),
-).map(lambda item: ("!" if item[0] else "") + "/".join(item[1]))
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(paths=_paths, patterns=st.lists(_pattern, max_size=4))
-def test_random_trees_and_patterns_agree_with_the_docker_sdk(
-    tmp_path_factory: pytest.TempPathFactory, paths: list[str], patterns: list[str]
-) -> None:
-    root = tmp_path_factory.mktemp("ctx")
-    files = []
-    for path in paths:
-        # A path cannot be both a file and a folder: keep the first of any clash.
-        if any(path.startswith(other + "/") or other.startswith(path + "/") for other in files):
-            continue
-        files.append(path)
-    _make_tree(root, [*files, "Dockerfile"])
-    (root / ".dockerignore").write_text("\n".join(patterns) + "\n")
-    assert _ours(root) == _dockers(root, patterns) | {".dockerignore"}
-
-
-def test_dockerfile_specific_ignore_file_replaces_the_context_one(tmp_path: Path) -> None:
-    _make_tree(tmp_path, ["Dockerfile", "a.txt", "b.txt"])
-    (tmp_path / ".dockerignore").write_text("a.txt\n")
-    (tmp_path / "Dockerfile.dockerignore").write_text("b.txt\n")
-    assert _ours(tmp_path) == {"Dockerfile", "a.txt", "Dockerfile.dockerignore", ".dockerignore"}
+def _tar_members(
+    context: Path, dockerfile: Path, **options: object
+) -> tuple[str, dict[str, tarfile.TarInfo], bytes]:
+    entries = scan_context(context, dockerfile)
+    buffer = io.BytesIO()
+    name = write_context_tar(context, dockerfile, entries, buffer, **options)  # type: ignore[arg-type]
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as archive:
+        members = {member.name: member for member in archive.getmembers()}
+    return name, members, buffer.getvalue()
 
 
 def test_entries_record_exec_bit_symlinks_and_empty_folders(tmp_path: Path) -> None:
@@ -122,17 +50,64 @@ def test_entries_record_exec_bit_symlinks_and_empty_folders(tmp_path: Path) -> N
     assert "full" not in entries  # a folder with content is implied by its files
 
 
+def test_hard_links_are_one_file_and_links_to_it(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["Dockerfile", "b/data", "c"])
+    os.link(tmp_path / "b/data", tmp_path / "a")
+    os.link(tmp_path / "b/data", tmp_path / "b/z")
+    entries = {entry.path: entry for entry in scan_context(tmp_path, tmp_path / "Dockerfile")}
+    # The first name in Go's walk order holds the bytes; the others are hard links to it.
+    assert entries["a"].kind == "file"
+    assert entries["b/data"] == ContextEntry("b/data", "hardlink", False, "a")
+    assert entries["b/z"] == ContextEntry("b/z", "hardlink", False, "a")
+    _, members, _ = _tar_members(tmp_path, tmp_path / "Dockerfile")
+    assert members["b/data"].islnk() and members["b/data"].linkname == "a"
+    assert members["a"].isreg() and members["a"].size == len("b/data")
+
+
+def test_a_hard_link_whose_first_name_is_excluded_is_a_file(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["Dockerfile", "a"])
+    os.link(tmp_path / "a", tmp_path / "b")
+    (tmp_path / ".dockerignore").write_text("a\n")
+    entries = {entry.path: entry for entry in scan_context(tmp_path, tmp_path / "Dockerfile")}
+    assert entries["b"].kind == "file"
+    assert "a" not in entries
+
+
+def test_names_that_are_not_utf8_are_hashed_and_sent_by_their_bytes(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.txt")
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "Dockerfile").write_text("FROM x\n")
+    (tmp_path / ".dockerignore").write_bytes(b"caf?.nothing\n")
+    entries = scan_context(tmp_path, tmp_path / "Dockerfile")
+    assert name in {entry.path for entry in entries}
+    _, members, data = _tar_members(tmp_path, tmp_path / "Dockerfile")
+    assert name in members
+    assert name in tar_listing(data)
+
+
+def test_a_context_a_thousand_folders_deep(tmp_path: Path) -> None:
+    deep = str(tmp_path)
+    for _ in range(1000):
+        deep += "/d"
+        os.mkdir(deep)  # not Path.mkdir(parents=True): that recurses once per level
+    Path(deep, "leaf").write_text("x")
+    (tmp_path / "Dockerfile").write_text("FROM x\n")
+    entries = scan_context(tmp_path, tmp_path / "Dockerfile")
+    assert "/".join(["d"] * 1000 + ["leaf"]) in {entry.path for entry in entries}
+    _, members, _ = _tar_members(tmp_path, tmp_path / "Dockerfile")
+    assert len(members) == 1000 + 2  # the folders, the leaf and the Dockerfile
+    os.remove(Path(deep, "leaf"))  # shutil.rmtree (pytest's clean-up) recurses once per level
+    while deep != str(tmp_path):
+        os.rmdir(deep)
+        deep = os.path.dirname(deep)
+
+
 def test_tar_holds_exactly_the_entries_with_normalised_metadata(tmp_path: Path) -> None:
     _make_tree(tmp_path, ["Dockerfile", "run.sh", "sub/data.txt", "ignored.log"])
     (tmp_path / ".dockerignore").write_text("*.log\n")
     (tmp_path / "run.sh").chmod(0o750)
     (tmp_path / "empty").mkdir()
-    entries = scan_context(tmp_path, tmp_path / "Dockerfile")
-    buffer = io.BytesIO()
-    name = write_context_tar(tmp_path, tmp_path / "Dockerfile", entries, buffer)
-    buffer.seek(0)
-    with tarfile.open(fileobj=buffer) as archive:
-        members = {member.name: member for member in archive.getmembers()}
+    name, members, _ = _tar_members(tmp_path, tmp_path / "Dockerfile")
     assert name == "Dockerfile"
     assert set(members) == {".dockerignore", "Dockerfile", "run.sh", "sub", "sub/data.txt", "empty"}
     assert members["run.sh"].mode == 0o755
@@ -149,17 +124,57 @@ def test_tar_refuses_a_file_changed_after_hashing(tmp_path: Path) -> None:
         write_context_tar(tmp_path, tmp_path / "Dockerfile", entries, io.BytesIO())
 
 
-def test_dockerfile_outside_the_context_travels_as_a_side_file(tmp_path: Path) -> None:
+def test_a_dockerfile_outside_the_context_travels_under_a_fixed_name_and_is_dropped(tmp_path: Path) -> None:
+    """No checkout path in the tar, and a .dockerignore of our own makes the builder drop it."""
     context = tmp_path / "ctx"
     _make_tree(context, ["a.txt"])
+    dockerfile = tmp_path / "shared" / "Dockerfile"
+    dockerfile.parent.mkdir()
+    dockerfile.write_text("FROM x\n")
+    name, members, data = _tar_members(context, dockerfile)
+    assert name == SIDE_DOCKERFILE
+    assert set(members) == {"a.txt", SIDE_DOCKERFILE, ".dockerignore"}
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        ignore = archive.extractfile(".dockerignore")
+        assert ignore is not None and ignore.read().split() == [b".dockerignore", SIDE_DOCKERFILE.encode()]
+
+
+def test_beside_a_sent_dockerignore_the_side_file_takes_a_name_it_excludes(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    _make_tree(context, ["a.txt", "b.log"])
+    (context / ".dockerignore").write_text("*.log\n")
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM x\n")
     entries = scan_context(context, dockerfile)
-    buffer = io.BytesIO()
-    name = write_context_tar(context, dockerfile, entries, buffer)
-    buffer.seek(0)
-    with tarfile.open(fileobj=buffer) as archive:
-        assert archive.extractfile(name).read() == b"FROM x\n"  # type: ignore[union-attr]
+    packing = plan_packing(context, dockerfile, entries)
+    assert packing.dockerfile_name.endswith(".log")  # the builder drops it with the other logs
+    assert [name for name, _ in packing.extra] == [packing.dockerfile_name]
+    # Cloud Build configs name the file: there it must be the fixed name, excluded by the user.
+    with pytest.raises(ConfigError, match=f"add a line `{SIDE_DOCKERFILE}`"):
+        plan_packing(context, dockerfile, entries, any_side_name=False)
+    (context / ".dockerignore").write_text(f"*.log\n{SIDE_DOCKERFILE}\n")
+    entries = scan_context(context, dockerfile)
+    assert plan_packing(context, dockerfile, entries, any_side_name=False).dockerfile_name == SIDE_DOCKERFILE
+
+
+def test_an_excluded_dockerfile_is_not_sent_but_still_reaches_the_builder(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["Dockerfile", "a.txt"])
+    (tmp_path / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
+    entries = scan_context(tmp_path, tmp_path / "Dockerfile")
+    assert [entry.path for entry in entries] == ["a.txt"]  # neither moves the hash
+    name, members, _ = _tar_members(tmp_path, tmp_path / "Dockerfile")
+    assert name == SIDE_DOCKERFILE
+    assert set(members) == {"a.txt", SIDE_DOCKERFILE, ".dockerignore"}
+
+
+def test_a_self_excluding_dockerignore_sent_by_the_dockerfiles_own_file_is_refused(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["Dockerfile", "a.txt"])
+    (tmp_path / ".dockerignore").write_text(".dockerignore\n")
+    (tmp_path / "Dockerfile.dockerignore").write_text("a.txt\n")
+    entries = scan_context(tmp_path, tmp_path / "Dockerfile")
+    assert ".dockerignore" in {entry.path for entry in entries}
+    with pytest.raises(ConfigError, match="excludes itself"):
+        write_context_tar(tmp_path, tmp_path / "Dockerfile", entries, io.BytesIO())
 
 
 def test_skip_leaves_out_the_tools_own_cache(tmp_path: Path) -> None:

@@ -105,11 +105,36 @@ BAD_INPUTS = [
         "images/a/image.toml",
         "cannot read",
     ),
+    # Patterns Docker itself refuses (moby/patternmatcher.New, Go's filepath.Match).
     (
-        "unreadable .dockerignore",
-        _write("images/a/.dockerignore", b"\xff\xfe\n"),
+        "trailing backslash in .dockerignore",
+        _write("images/a/.dockerignore", b"ok\nfoo\\\n"),
         "images/a/.dockerignore",
-        "cannot read",
+        "line 2: syntax error in pattern",
+    ),
+    (
+        "lone ! in .dockerignore",
+        _write("images/a/.dockerignore", b"# c\n!\n"),
+        "images/a/.dockerignore",
+        'line 2: illegal exclusion pattern: "!"',
+    ),
+    (
+        "unclosed [ in .dockerignore",
+        _write("images/a/.dockerignore", b"x[a\n"),
+        "images/a/.dockerignore",
+        "line 1: syntax error in pattern",
+    ),
+    (
+        "unknown instruction",
+        _write("images/a/Dockerfile", "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nFOO bar\n"),
+        "images/a/Dockerfile",
+        "line 3: unknown instruction: FOO",
+    ),
+    (
+        "unterminated heredoc",
+        _write("images/a/Dockerfile", "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN <<EOF\necho\n"),
+        "images/a/Dockerfile",
+        "unterminated heredoc",
     ),
     ("invalid settings", _write("cascade.toml", "[registry]\nurl = 5\n"), "cascade.toml", "must be a str"),
     (

@@ -43,7 +43,7 @@ from imagecascade.cloud.gcs import CloudStorage
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
 from imagecascade.core.build_log import BuildLog
 from imagecascade.core.build_options import CloudBuildOptions
-from imagecascade.core.context import dockerfile_name_in_tar, write_context_tar
+from imagecascade.core.context_tar import plan_packing, write_context_tar
 from imagecascade.core.settings import Settings
 from imagecascade.errors import ConfigError
 
@@ -139,7 +139,9 @@ class CloudBuildBackend:
         expected_tags = {"imagecascade", image.name, f"hash-{image.tag}"}
         if not expected_tags <= set(resolved.get("tags") or []):
             raise ConfigError(f"{path}: tags: must include imagecascade, {image.name} and hash-${{_TAG}}")
-        dockerfile = dockerfile_name_in_tar(image.spec.context, image.spec.dockerfile)
+        dockerfile = plan_packing(
+            image.spec.context, image.spec.dockerfile, image.inputs.files, any_side_name=False
+        ).dockerfile_name
         declared = [
             arg.partition("=")[2]
             for step in resolved["steps"]
@@ -178,7 +180,12 @@ class CloudBuildBackend:
         name = source_object_name(image.name, image.hash)
         with tempfile.TemporaryFile() as tarball:
             write_context_tar(
-                image.spec.context, image.spec.dockerfile, list(image.inputs.files), tarball, compression="gz"
+                image.spec.context,
+                image.spec.dockerfile,
+                image.inputs.files,
+                tarball,
+                compression="gz",
+                any_side_name=False,
             )
             tarball.seek(0)
             default_bucket = self._bucket == f"{self._project}_cloudbuild"

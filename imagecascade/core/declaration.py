@@ -157,12 +157,9 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         raise ConfigError(f"{declaration}: dockerfile {dockerfile_value!r} is outside the repository")
     if not dockerfile_path.is_file():
         raise ConfigError(f"{dockerfile_path}: missing (the Dockerfile of image {name})")
-    try:
-        text = dockerfile_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{dockerfile_path}: cannot read: {error}") from error
+    parsed = dockerfile.read_dockerfile(dockerfile_path)
     target = _string(declaration, data, "target")
-    problem = dockerfile.base_wiring_problem(text, target)
+    problem = dockerfile.base_wiring_problem(parsed, target)
     if problem:
         raise ConfigError(f"{dockerfile_path}: {problem}")
     upstream_build_args = data.get("upstream_build_args", [])

@@ -61,7 +61,9 @@ def canonical_encoding(inputs: ImageInputs, parent_hash: str | None) -> bytes:
         "target": inputs.target,
         "from": {"parent_hash": parent_hash} if inputs.parent is not None else {"base": inputs.base},
     }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # A file name that is not UTF-8 is hashed as its own bytes (surrogateescape gives them back).
+    return text.encode("utf-8", "surrogateescape")
 
 
 def freshness_hash(inputs: ImageInputs, parent_hash: str | None) -> str:

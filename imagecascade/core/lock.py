@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imagecascade.core.context import display_path
 from imagecascade.core.freshness import HASH_FORMAT, ImageInputs, short_hash
 from imagecascade.errors import ConfigError
 
 LOCK_FORMAT = 1
+_LONE_SURROGATE = re.compile("[\udc80-\udcff]")
 _LISTED_NAMES = 3  # file names shown per kind of change before "+N more"
 
 
@@ -104,7 +107,10 @@ def render_lock(entries: Mapping[str, LockEntry]) -> str:
         "comment": "Written by `invoke hashes --write`; checked by the check-freshness-hashes hook.",
         "images": {name: entries[name].to_json() for name in entries},
     }
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    # File names that are not UTF-8 carry their bytes as lone surrogates: JSON escapes keep the
+    # file valid UTF-8, and reading it back gives the same names.
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> bool:
@@ -119,9 +125,17 @@ def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> bool:
 
 
 def _names(prefix: str, names: list[str]) -> str:
-    shown = ", ".join(names[:_LISTED_NAMES])
+    shown = ", ".join(display_path(name) for name in names[:_LISTED_NAMES])
     more = f" (+{len(names) - _LISTED_NAMES} more)" if len(names) > _LISTED_NAMES else ""
     return f"{prefix} {shown}{more}"
+
+
+def _kind(record: str) -> str:
+    return record.partition(" ")[0]
+
+
+def _detail(record: str) -> str:
+    return record.partition(" ")[2]
 
 
 def explain(old: LockEntry | None, new: LockEntry | None) -> list[str]:
@@ -145,15 +159,12 @@ def explain(old: LockEntry | None, new: LockEntry | None) -> list[str]:
     added = sorted(set(new.files) - set(old.files))
     removed = sorted(set(old.files) - set(new.files))
     both = sorted(set(old.files) & set(new.files))
-    content = [path for path in both if old.files[path].split()[-1] != new.files[path].split()[-1]]
+    # Each record is "<kind> <detail>"; a link's detail (its target) may hold spaces.
+    content = [path for path in both if _detail(old.files[path]) != _detail(new.files[path])]
     if old.dockerfile != new.dockerfile:
         # The Dockerfile inside the context is already reported as "Dockerfile changed".
-        content = [path for path in content if new.files[path].split()[-1] != new.dockerfile]
-    mode = [
-        path
-        for path in both
-        if old.files[path].split()[0] != new.files[path].split()[0] and path not in content
-    ]
+        content = [path for path in content if _detail(new.files[path]) != new.dockerfile]
+    mode = [path for path in both if _kind(old.files[path]) != _kind(new.files[path]) and path not in content]
     if added:
         reasons.append(_names("added", added))
     if removed:

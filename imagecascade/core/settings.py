@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from imagecascade.errors import ConfigError
 
@@ -13,11 +13,12 @@ SETTINGS_FILE = "cascade.toml"
 IMAGES_DIR = "images"
 LOCK_FILE = "images.lock.json"
 CACHE_DIR = ".cache/imagecascade"
+SecretFiles = Literal["warn", "error"]
 
 # section -> key -> (Settings field, type)
 _KNOWN: dict[str, dict[str, tuple[str, type]]] = {
     "registry": {"url": ("registry", str)},
-    "build": {"jobs": ("jobs", int)},
+    "build": {"jobs": ("jobs", int), "secret_files": ("secret_files", str)},
     "cloudbuild": {
         "project": ("cloudbuild_project", str),
         "region": ("cloudbuild_region", str),
@@ -33,6 +34,7 @@ class Settings:
     root: Path
     registry: str = ""
     jobs: int = 2
+    secret_files: SecretFiles = "warn"  # what a sent file that looks like a credential is
     cloudbuild_project: str = ""
     cloudbuild_region: str = "global"
     cloudbuild_bucket: str = ""
@@ -101,4 +103,6 @@ def load_settings(root: Path) -> Settings:
         values["registry"] = values["registry"].rstrip("/")
     if values.get("jobs", 1) < 1:
         raise ConfigError(f"{path}: build.jobs must be at least 1")
+    if values.get("secret_files", "warn") not in ("warn", "error"):
+        raise ConfigError(f'{path}: build.secret_files must be "warn" or "error"')
     return Settings(root=root, **values)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
 from imagecascade.core.build_log import BuildLog, shorten
-from imagecascade.core.context import write_context_tar
+from imagecascade.core.context_tar import write_context_tar
 from imagecascade.errors import BackendError
 
 if TYPE_CHECKING:
