@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from imagecascade.core.digest_cache import DigestCache, file_digest
-from imagecascade.core.dockerignore import MatchInfo, load_ignore_rules
+from imagecascade.core.dockerignore import IgnoreRules, MatchInfo, load_ignore_rules
 from imagecascade.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -67,77 +67,105 @@ def scan_context(
     absolute paths never sent (this tool's own files). Raises ConfigError for an unreadable
     folder or file that would be sent, and for an ignore file Docker would refuse.
     """
-    rules = load_ignore_rules(context, dockerfile)
-    hasher = _Hasher(cache)
-    files: list[tuple[str, os.stat_result, str]] = []  # (relative, stat, absolute)
-    links: list[ContextEntry] = []
-    folders: list[str] = []  # not excluded: listed when nothing below them is sent
-    inodes: dict[tuple[int, int], list[str]] = {}  # files with other names (st_nlink > 1)
-    # (absolute folder, relative prefix, the folder's MatchInfo, is the folder excluded)
-    pending: list[tuple[str, str, MatchInfo | None, bool]] = [(str(context), "", None, False)]
-    while pending:
-        folder, prefix, parent_info, folder_excluded = pending.pop()
-        try:
-            with os.scandir(folder) as iterator:
-                entries = list(iterator)
-        except OSError as error:
-            if folder_excluded:
-                continue  # BuildKit skips unreadable folders that are not sent themselves
-            raise ConfigError(f"{display_path(folder)}: cannot read folder: {error}") from error
-        for entry in entries:
-            if entry.path in skip:
-                continue
-            relative = prefix + entry.name
+    walk = _Walk(load_ignore_rules(context, dockerfile), _Hasher(cache), skip)
+    walk.run(str(context))
+    return walk.entries()
+
+
+class _Walk:
+    """BuildKit's walk (fsutil filter.go) over one context, iterative so that any depth works."""
+
+    def __init__(self, rules: IgnoreRules, hasher: _Hasher, skip: frozenset[str]) -> None:
+        self._rules = rules
+        self._hasher = hasher
+        self._skip = skip
+        self._files: list[tuple[str, os.stat_result, str]] = []  # (relative, stat, absolute)
+        self._links: list[ContextEntry] = []
+        self._folders: list[str] = []  # not excluded: listed unless something below is sent
+        self._filled: set[str] = set()  # folders with something sent below them
+        self._inodes: dict[tuple[int, int], list[str]] = {}  # names of files with st_nlink > 1
+
+    def run(self, root: str) -> None:
+        rules = self._rules
+        matching = bool(rules.patterns)
+        # (absolute folder, relative prefix, the folder's MatchInfo, is the folder excluded)
+        pending: list[tuple[str, str, MatchInfo | None, bool]] = [(root, "", None, False)]
+        while pending:
+            folder, prefix, parent_info, folder_excluded = pending.pop()
             try:
-                info = entry.stat(follow_symlinks=False)
+                with os.scandir(folder) as iterator:
+                    entries = list(iterator)
             except OSError as error:
-                raise ConfigError(f"{display_path(entry.path)}: cannot stat: {error}") from error
-            mode = info.st_mode
-            excluded, match_info = rules.matches(relative, parent_info) if rules.patterns else (False, ())
-            if stat_module.S_ISDIR(mode):
-                if excluded and not rules.may_include_below(relative):
-                    continue  # BuildKit does not enter it: nothing below can be re-included
-                if not excluded:
-                    folders.append(relative)
-                pending.append((entry.path, relative + "/", match_info if rules.patterns else None, excluded))
-            elif excluded:
-                continue
-            elif stat_module.S_ISREG(mode):
-                if info.st_nlink > 1:
-                    names = inodes.setdefault((info.st_dev, info.st_ino), [])
-                    names.append(relative)
-                    if len(names) > 1:
-                        continue  # the same bytes: hashed once, sent as a hard link
-                files.append((relative, info, entry.path))
-                hasher.add(entry.path, info)
-            elif stat_module.S_ISLNK(mode):
+                if folder_excluded:
+                    continue  # BuildKit skips unreadable folders that are not sent themselves
+                raise ConfigError(f"{display_path(folder)}: cannot read folder: {error}") from error
+            sent_here = False
+            for entry in entries:
+                if entry.path in self._skip:
+                    continue
+                relative = prefix + entry.name
                 try:
-                    target = os.readlink(entry.path)
+                    info = entry.stat(follow_symlinks=False)
                 except OSError as error:
-                    raise ConfigError(f"{display_path(entry.path)}: cannot read link: {error}") from error
-                links.append(ContextEntry(relative, "link", digest=target))
-            # sockets, fifos and devices are left out (a build context has no use for them)
-    digests = hasher.finish()
-    result: list[ContextEntry] = []
-    for relative, info, absolute in files:
-        executable = bool(info.st_mode & 0o111)
-        names = inodes.get((info.st_dev, info.st_ino), [])
-        if len(names) <= 1:
-            result.append(ContextEntry(relative, "file", executable, digests[absolute]))
-            continue
-        first, *others = sorted(names, key=walk_order)
-        result.append(ContextEntry(first, "file", executable, digests[absolute]))
-        result += [ContextEntry(name, "hardlink", executable, first) for name in others]
-    result += links
-    filled: set[str] = set()
-    for path in [entry.path for entry in result] + folders:
-        parent = path.rpartition("/")[0]
-        while parent and parent not in filled:
-            filled.add(parent)
-            parent = parent.rpartition("/")[0]
-    result += [ContextEntry(path, "dir") for path in folders if path not in filled]
-    result.sort(key=lambda entry: entry.path)
-    return result
+                    raise ConfigError(f"{display_path(entry.path)}: cannot stat: {error}") from error
+                mode = info.st_mode
+                excluded, match_info = rules.matches(relative, parent_info) if matching else (False, None)
+                if stat_module.S_ISDIR(mode):
+                    if not excluded:
+                        self._folders.append(relative)
+                        sent_here = True  # the folder itself, or what is below it
+                    elif not rules.may_include_below(relative):
+                        continue  # BuildKit does not enter it: nothing below can be re-included
+                    pending.append((entry.path, relative + "/", match_info, excluded))
+                elif excluded:
+                    continue
+                elif stat_module.S_ISREG(mode):
+                    sent_here = True
+                    if info.st_nlink > 1 and self._another_name(info, relative):
+                        continue  # the same bytes: hashed once, sent as a hard link
+                    self._files.append((relative, info, entry.path))
+                    self._hasher.add(entry.path, info)
+                elif stat_module.S_ISLNK(mode):
+                    sent_here = True
+                    self._links.append(ContextEntry(relative, "link", digest=_read_link(entry.path)))
+                # sockets, fifos and devices are left out (a build context has no use for them)
+            if sent_here:
+                self._fill(prefix[:-1])
+
+    def _another_name(self, info: os.stat_result, relative: str) -> bool:
+        names = self._inodes.setdefault((info.st_dev, info.st_ino), [])
+        names.append(relative)
+        return len(names) > 1
+
+    def _fill(self, folder: str) -> None:
+        while folder and folder not in self._filled:
+            self._filled.add(folder)
+            folder = folder.rpartition("/")[0]
+
+    def entries(self) -> list[ContextEntry]:
+        digests = self._hasher.finish()
+        result: list[ContextEntry] = []
+        for relative, info, absolute in self._files:
+            executable = bool(info.st_mode & 0o111)
+            names = self._inodes[(info.st_dev, info.st_ino)] if info.st_nlink > 1 else ()
+            if len(names) <= 1:
+                result.append(ContextEntry(relative, "file", executable, digests[absolute]))
+                continue
+            # The first name in Go's walk order holds the bytes, as in the tar BuildKit sends.
+            first, *others = sorted(names, key=walk_order)
+            result.append(ContextEntry(first, "file", executable, digests[absolute]))
+            result += [ContextEntry(name, "hardlink", executable, first) for name in others]
+        result += self._links
+        result += [ContextEntry(path, "dir") for path in self._folders if path not in self._filled]
+        result.sort(key=lambda entry: entry.path)
+        return result
+
+
+def _read_link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as error:
+        raise ConfigError(f"{display_path(path)}: cannot read link: {error}") from error
 
 
 class _Hasher:
