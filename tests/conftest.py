@@ -34,10 +34,39 @@ MMDEBSTRAP = (
 
 
 def unavailable(reason: str) -> None:
-    """Skip an engine test, or fail it under CI=true where the engine must be there."""
+    """Skip an engine (or torch) test, or fail it under CI=true where everything must be there."""
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: engine tests never skip; run scripts/provision)")
+        pytest.fail(f"{reason} (CI=true: these tests never skip; run .ci/run's set-up)")
     pytest.skip(reason)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`-m "not torch"` (nox -s tests) does not even import the modules that need torch."""
+    if collection_path.name in TORCH_MODULES and "not torch" in (config.getoption("markexpr") or ""):
+        return True
+    return None
+
+
+TORCH_MODULES = ("test_trainer.py",)
+
+
+def _missing_modules(names: tuple[str, ...]) -> list[str]:
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+@pytest.fixture(autouse=True)
+def _torch_where_marked(request: pytest.FixtureRequest) -> None:
+    """Tests marked `torch` need the trainer extra: skipped without it, failed under CI=true."""
+    if request.node.get_closest_marker("torch") is None:
+        return
+    missing = _missing_modules(("torch", "accelerate"))
+    if missing:
+        unavailable(
+            f"{', '.join(missing)} not installed: pip install -e '.[trainer]' (CPU wheel: add "
+            "--extra-index-url https://download.pytorch.org/whl/cpu), or run `nox -s trainer`"
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -270,6 +270,7 @@ def cpu_torch_report() -> dict[str, Any]:
     return report
 
 
+@pytest.mark.torch
 def test_cpu_torch_observations(cpu_torch_report: dict[str, Any]) -> None:
     import torch
 
@@ -285,6 +286,7 @@ def test_cpu_torch_observations(cpu_torch_report: dict[str, Any]) -> None:
     assert "matmul" not in report
 
 
+@pytest.mark.torch
 def test_cpu_torch_fails_cuda_checks_and_skips_gpu_checks(cpu_torch_report: dict[str, Any]) -> None:
     import torch
 
