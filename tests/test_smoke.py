@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tomllib
+import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ from imagecascade.smoke.runner import SmokeTarget, find_targets, run_smoke, smok
 
 pytestmark = pytest.mark.engine
 
-PARENT, CHILD, BROKEN = "smoke-test-parent", "smoke-test-child", "smoke-test-broken-child"
+# Unique per run: other test runs may use the same engine at the same time.
+RUN = uuid.uuid4().hex[:8]
+PARENT, CHILD, BROKEN = (f"smoke-test-{RUN}-{role}" for role in ("parent", "child", "broken-child"))
 
 PARENT_DOCKERFILE = """\
 ARG BASE_IMAGE
@@ -67,8 +70,9 @@ WORKDIR /workspace
 ENTRYPOINT ["smoke-tool"]
 CMD ["--help"]
 """
-CHILD_TOML = """\
-parent = "smoke-test-parent"
+CHILD_TOML = (
+    f'parent = "{PARENT}"\n'
+    + """\
 [smoke]
 [[smoke.files]]
 path = "/etc/smoke-child.txt"
@@ -81,6 +85,7 @@ entrypoint = ["smoke-tool"]
 cmd = ["--help"]
 workdir = "/workspace"
 """
+)
 # Puts an older smokedemo first on the path: it must fail the checks it inherits.
 BROKEN_DOCKERFILE = """\
 ARG BASE_IMAGE
@@ -88,7 +93,7 @@ FROM ${BASE_IMAGE}
 ENV PYTHONPATH=/opt/override:/opt/smoke
 COPY override /opt/override
 """
-BROKEN_TOML = 'parent = "smoke-test-parent"\n'
+BROKEN_TOML = f'parent = "{PARENT}"\n'
 
 
 def _metadata(version: str) -> str:
@@ -152,7 +157,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory, engine: Engine, base_image: s
 @pytest.fixture(autouse=True)
 def no_leftover_containers(engine: Engine) -> Iterator[None]:
     yield
-    leftovers = engine.client.containers.list(all=True, filters={"label": "imagecascade.role=smoke"})
+    leftovers = [
+        container
+        for container in engine.client.containers.list(all=True, filters={"label": "imagecascade.role=smoke"})
+        if RUN in str(container.attrs["Config"].get("Image", ""))  # only this run's images
+    ]
     assert leftovers == []
 
 
