@@ -262,8 +262,10 @@ class CascadeRepo:
     def local_references(self, namespace: str | None = None) -> list[str]:
         prefix = (namespace or self.registry) + "/"
         references = []
-        for image in self.engine.client.images.list():
-            references += [tag for tag in image.tags if tag.startswith(prefix)]
+        # The raw listing: images.list() inspects every image on the engine, and another test run
+        # may remove one of its own meanwhile.
+        for summary in self.engine.client.api.images():
+            references += [tag for tag in summary.get("RepoTags") or () if tag.startswith(prefix)]
         return references
 
     def built_references(self) -> list[str]:

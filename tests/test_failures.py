@@ -36,6 +36,10 @@ LOUD_FAILURES = {
     ),
 }
 LOST_LINE_RUNS = int(os.environ.get("IMAGECASCADE_LOST_LINE_RUNS", "10"))
+# The buffered case is deterministic (the error always arrives first): a few runs show it.
+RUNS = [("shell", run) for run in range(LOST_LINE_RUNS)] + [
+    ("buffered", run) for run in range(min(3, LOST_LINE_RUNS))
+]
 
 
 def _row(table: str, name: str) -> list[str]:
@@ -51,8 +55,7 @@ def _append(repo: CascadeRepo, relative: str, text: str) -> None:
     path.write_text(path.read_text() + text)
 
 
-@pytest.mark.parametrize("run", range(LOST_LINE_RUNS))
-@pytest.mark.parametrize("kind", sorted(LOUD_FAILURES))
+@pytest.mark.parametrize(("kind", "run"), RUNS)
 def test_the_error_line_is_in_the_failure_tail_every_time(
     tmp_path: Path, engine: Any, registry_base: str, kind: str, run: int
 ) -> None:
@@ -195,20 +198,15 @@ def test_force_builds_without_the_cache_and_pulls_the_base_again(cascade_repo: C
     assert "Using cache" not in forced.stdout
 
 
-def test_plain_output_is_never_wrapped(cascade_repo: CascadeRepo) -> None:
+def test_plain_output_is_unwrapped_and_a_stale_lock_is_named_with_its_fix(cascade_repo: CascadeRepo) -> None:
     done = cascade_repo.invoke("cascade", env={"COLUMNS": "40"})
     assert done.returncode == 0, done.stderr
     for name in ("root", "mid", "leaf", "other"):
         reference = f"{cascade_repo.registry}/{name}:{cascade_repo.plan().get(name).tag}"
         assert _row(done.stdout, name)[3] == reference
-
-
-def test_a_build_that_leaves_the_lock_stale_says_how_to_fix_it(cascade_repo: CascadeRepo) -> None:
-    done = cascade_repo.invoke("cascade")
-    assert done.returncode == 0
+    # Built from hashes images.lock.json does not record: said once, with the command that fixes it.
     assert "images.lock.json does not record the hashes just built (root, mid, leaf, other)" in done.stderr
-    assert "invoke hashes --write" in done.stderr
-    assert cascade_repo.invoke("hashes", "--write").returncode == 0
+    assert "run `invoke hashes --write` and commit it" in done.stderr
     cascade_repo.write("images/leaf/leaf.txt", "leaf 2\n")
     assert cascade_repo.invoke("hashes", "--write").returncode == 0
     clean = cascade_repo.invoke("cascade")

@@ -149,10 +149,9 @@ def test_a_cancel_stops_the_build_and_leaves_no_tag(
     assert all(engine.inspect_image(reference) is None for reference in request.references)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:  # the engine removes the step's container (forcerm)
+        # The raw listing: containers.list() inspects every container, other runs' included.
         leftovers = [
-            container
-            for container in engine.client.containers.list(all=True)
-            if marker in " ".join(container.attrs["Config"].get("Cmd") or [])
+            summary for summary in engine.client.api.containers(all=True) if marker in summary["Command"]
         ]
         if not leftovers:
             break

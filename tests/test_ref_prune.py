@@ -23,27 +23,29 @@ def test_ref_prints_the_reference_of_a_built_image_and_exit_4_when_not_built(
     missing = cascade_repo.invoke("ref", "leaf")
     assert missing.returncode == 4 and missing.stdout == ""
     assert f"{cascade_repo.registry}/leaf:{tag} is not built in {cascade_repo.registry}" in missing.stderr
-    assert cascade_repo.invoke("cascade").returncode == 0
+    assert cascade_repo.invoke("build-leaf", "--with-parents").returncode == 0
     done = cascade_repo.invoke("ref", "leaf")
     assert done.returncode == 0 and done.stdout == f"{cascade_repo.registry}/leaf:{tag}\n"
     pinned = cascade_repo.invoke("ref", "leaf", "--digest")
     digest = RegistryClient().manifest_digest(f"{cascade_repo.registry}/leaf", tag)
-    assert pinned.returncode == 0 and pinned.stdout == f"{cascade_repo.registry}/leaf@{digest}\n"
     # What --digest prints is what the registry serves under that name.
     assert digest is not None and digest.startswith("sha256:")
+    assert pinned.returncode == 0 and pinned.stdout == f"{cascade_repo.registry}/leaf@{digest}\n"
 
-
-def test_ref_json_lists_every_image(cascade_repo: CascadeRepo) -> None:
-    assert cascade_repo.invoke("build-root").returncode == 0
-    done = cascade_repo.invoke("ref", "--json", "--digest")
-    assert done.returncode == 4, done.stderr  # mid, leaf and other are not built
-    document = json.loads(done.stdout)
+    listed = cascade_repo.invoke("ref", "--json", "--digest")
+    assert listed.returncode == 4, listed.stderr  # `other` is not built
+    document = json.loads(listed.stdout)
     assert [item["name"] for item in document] == ["root", "mid", "leaf", "other"]
     by_name = {item["name"]: item for item in document}
-    assert by_name["root"]["built"] is True and by_name["root"]["digest"].startswith("sha256:")
-    assert by_name["mid"] == {
-        "name": "mid",
-        "reference": f"{cascade_repo.registry}/mid:{cascade_repo.plan().get('mid').tag}",
+    assert by_name["leaf"] == {
+        "name": "leaf",
+        "reference": f"{cascade_repo.registry}/leaf:{tag}",
+        "built": True,
+        "digest": digest,
+    }
+    assert by_name["other"] == {
+        "name": "other",
+        "reference": f"{cascade_repo.registry}/other:{cascade_repo.plan().get('other').tag}",
         "built": False,
         "digest": None,
     }
@@ -65,43 +67,41 @@ def test_prune_keeps_the_current_and_the_newest_earlier_images_and_nothing_else(
     cascade_repo: CascadeRepo,
 ) -> None:
     engine = cascade_repo.engine
+    registry = cascade_repo.registry
     tags = []
-    for version in range(4):  # four hashes of `leaf`, oldest first
+    for version in range(3):  # three hashes of `leaf`, oldest first (root and mid: built once)
         cascade_repo.write("images/leaf/leaf.txt", f"leaf {version}\n")
         assert cascade_repo.invoke("build-leaf", "--with-parents").returncode == 0
         tags.append(cascade_repo.plan().get("leaf").tag)
-    cascade_repo.write("images/leaf/leaf.txt", "leaf 1\n")  # back to the second version: current
+    cascade_repo.write("images/leaf/leaf.txt", "leaf 0\n")  # back to the first version: current
     # Not ours: an image without our labels tagged in leaf's repository, and another tag of an old one.
-    foreign = f"{cascade_repo.registry}/leaf:hand-made"
-    engine.tag_image(engine.inspect_image(f"{cascade_repo.registry}/upstream:stable").id, foreign)
-    elsewhere = f"{cascade_repo.registry}/elsewhere:kept"
-    engine.tag_image(engine.inspect_image(f"{cascade_repo.registry}/leaf:{tags[0]}").id, elsewhere)
+    foreign = f"{registry}/leaf:hand-made"
+    engine.tag_image(engine.inspect_image(f"{registry}/upstream:stable").id, foreign)
+    elsewhere = f"{registry}/elsewhere:kept"
+    engine.tag_image(engine.inspect_image(f"{registry}/leaf:{tags[1]}").id, elsewhere)
+    before = _local(cascade_repo, "leaf")
+    assert before == {*(f"{registry}/leaf:{tag}" for tag in tags), f"{registry}/leaf:latest", foreign}
 
     dry = cascade_repo.invoke("prune", "--keep", "1", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"{cascade_repo.registry}/leaf:{tags[1]}" in _line(dry.stdout, "keep", tags[1])
-    assert "current" in _line(dry.stdout, "keep", tags[1])
-    assert "kept" in _line(dry.stdout, "keep", tags[3])  # the newest earlier one (and :latest)
-    assert _line(dry.stdout, "would remove", tags[0]) and _line(dry.stdout, "would remove", tags[2])
-    before = _local(cascade_repo, "leaf")
+    assert _line(dry.stdout, "keep", tags[0]).endswith(": current")
+    assert _line(dry.stdout, "keep", tags[2]).endswith(": kept")  # the newest earlier one (and :latest)
+    assert _line(dry.stdout, "would remove", tags[1])
+    assert not _line(dry.stdout, "", "hand-made")  # not labelled by this tool: not even considered
     assert _local(cascade_repo, "leaf") == before  # a dry run removes nothing
 
     done = cascade_repo.invoke("prune", "--keep", "1")
     assert done.returncode == 0, done.stderr
-    assert _local(cascade_repo, "leaf") == {
-        f"{cascade_repo.registry}/leaf:{tags[1]}",
-        f"{cascade_repo.registry}/leaf:{tags[3]}",
-        f"{cascade_repo.registry}/leaf:latest",
-        foreign,
-    }
-    assert engine.inspect_image(elsewhere) is not None  # only its leaf tags went
-    # Parents and the other lineage are untouched; a registry is never touched.
+    assert _line(done.stdout, "removed", tags[1]) and "removed 1 image (up to " in done.stdout
+    assert _local(cascade_repo, "leaf") == before - {f"{registry}/leaf:{tags[1]}"}
+    assert engine.inspect_image(elsewhere) is not None  # only its leaf tag went
+    # The parents are untouched; a registry is never touched.
     assert _local(cascade_repo, "root") and _local(cascade_repo, "mid")
-    assert RegistryClient().manifest_digest(f"{cascade_repo.registry}/leaf", tags[0]) is not None
+    assert RegistryClient().manifest_digest(f"{registry}/leaf", tags[1]) is not None
 
     again = cascade_repo.invoke("prune", "--keep", "0")
     assert again.returncode == 0
-    assert _local(cascade_repo, "leaf") == {f"{cascade_repo.registry}/leaf:{tags[1]}", foreign}
+    assert _local(cascade_repo, "leaf") == {f"{registry}/leaf:{tags[0]}", foreign}
 
 
 def test_prune_keeps_an_image_a_container_uses(cascade_repo: CascadeRepo) -> None:

@@ -157,10 +157,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory, engine: Engine, base_image: s
 @pytest.fixture(autouse=True)
 def no_leftover_containers(engine: Engine) -> Iterator[None]:
     yield
+    # The raw listing (containers.list() would inspect other runs' containers too), this run's only.
     leftovers = [
-        container
-        for container in engine.client.containers.list(all=True, filters={"label": "imagecascade.role=smoke"})
-        if RUN in str(container.attrs["Config"].get("Image", ""))  # only this run's images
+        summary
+        for summary in engine.client.api.containers(all=True, filters={"label": "imagecascade.role=smoke"})
+        if RUN in summary["Image"]
     ]
     assert leftovers == []
 

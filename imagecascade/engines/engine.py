@@ -7,6 +7,7 @@ private-range addresses), and engine failures raise BackendError, never "missing
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import http.client
 import re
 import socket
@@ -98,21 +99,24 @@ class Engine:
 
     def list_images(self, repository: str, *, label: str | None = None) -> list[LocalImage]:
         """The images tagged in `repository` (any tag), optionally only those carrying `label`,
-        newest first."""
+        newest first. One listing call: no image is inspected, so images that other clients remove
+        meanwhile cannot fail it."""
         filters = {"label": label} if label else None
         try:
-            found = self._client.images.list(name=repository, filters=filters)
+            found = self._client.api.images(name=repository, filters=filters)
         except docker.errors.DockerException as error:
             raise BackendError(f"Docker Engine: cannot list images of {repository}: {error}") from error
         images = [
             LocalImage(
-                id=image.id,
-                tags=tuple(image.tags),
-                labels=dict((image.attrs.get("Config") or {}).get("Labels") or {}),
-                created=str(image.attrs.get("Created", "")),
-                size=int(image.attrs.get("Size") or 0),
+                id=str(summary.get("Id", "")),
+                tags=tuple(tag for tag in summary.get("RepoTags") or () if tag != "<none>:<none>"),
+                labels=dict(summary.get("Labels") or {}),
+                created=datetime.datetime.fromtimestamp(int(summary.get("Created") or 0), datetime.UTC)
+                .isoformat()
+                .replace("+00:00", "Z"),
+                size=int(summary.get("Size") or 0),
             )
-            for image in found
+            for summary in found
         ]
         return sorted(images, key=lambda image: image.created, reverse=True)
 

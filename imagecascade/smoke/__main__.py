@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,16 +25,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from rich.console import Console
     from rich.text import Text
 
     from imagecascade.core.settings import find_root, load_settings
     from imagecascade.engines.engine import Engine
     from imagecascade.rendering.smoke_table import render_reports
+    from imagecascade.rendering.terminal import console as make_console
     from imagecascade.smoke.junit import write_junit
 
-    # CI logs are not terminals: give the table room instead of rich's default 80 columns.
-    console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    # Unwrapped in CI logs and pipes: references and messages stay on one line.
+    console = make_console(stderr=True)
     try:
         root = find_root(Path.cwd())
         settings = load_settings(root).with_overrides(registry=args.registry)
