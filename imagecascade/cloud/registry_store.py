@@ -14,8 +14,8 @@ import google.auth.exceptions
 import google.auth.transport.requests
 
 from imagecascade.cloud.cloudbuild_api import LOGIN_FIX, application_default_credentials
-from imagecascade.core.cascade import LABEL_HASH
 from imagecascade.core.settings import Settings
+from imagecascade.engines.store import RegistryStore
 from imagecascade.errors import BackendError, ConfigError
 
 
@@ -82,7 +82,7 @@ def adc_token_provider(credentials: google.auth.credentials.Credentials | None =
     return token
 
 
-class CloudRegistryStore:
+class CloudRegistryStore(RegistryStore):
     """ "Already built" on Artifact Registry (or any registry): a manifest HEAD, never gcloud."""
 
     def __init__(
@@ -96,20 +96,7 @@ class CloudRegistryStore:
         from imagecascade.engines.registry import RegistryClient, load_docker_credentials
 
         credentials = _RegistryCredentials(load_docker_credentials(environ), token, is_google_host)
-        self._client = RegistryClient(credentials=credentials)
-        self._registry = registry
-        self.description = registry
-
-    def has(self, name: str, tag: str) -> bool:
-        return self._client.manifest_digest(f"{self._registry}/{name}", tag) is not None
-
-    def digest(self, name: str, tag: str) -> str | None:
-        return self._client.manifest_digest(f"{self._registry}/{name}", tag)
-
-    def newest_hash(self, name: str) -> str | None:
-        """The freshness hash of `REGISTRY/name:latest` ("" unlabelled, None when there is none)."""
-        labels = self._client.image_labels(f"{self._registry}/{name}", "latest")
-        return None if labels is None else labels.get(LABEL_HASH, "")
+        super().__init__(registry, RegistryClient(credentials=credentials))
 
 
 def cloudbuild_store(

@@ -18,6 +18,7 @@ from imagecascade.errors import BackendError, ConfigError, NotBuilt
 
 if TYPE_CHECKING:
     from imagecascade.engines.engine import Engine
+    from imagecascade.engines.registry import RegistryClient
 
 
 class EngineStore:
@@ -41,11 +42,13 @@ class EngineStore:
 
 
 class RegistryStore:
-    def __init__(self, registry: str) -> None:
+    """Images in `registry`, asked through `client` (default: docker's stored credentials)."""
+
+    def __init__(self, registry: str, client: RegistryClient | None = None) -> None:
         from imagecascade.engines.registry import RegistryClient
 
         self._registry = registry
-        self._client = RegistryClient()
+        self._client = client if client is not None else RegistryClient()
         self.description = registry
 
     def has(self, name: str, tag: str) -> bool:
