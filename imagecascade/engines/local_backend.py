@@ -134,8 +134,6 @@ class LocalBackend:
         references = [spec.base] if spec.base is not None else []
         references += [spec.build_args[key] for key in spec.upstream_build_args]
         for reference in references:
-            if reference is None:
-                continue
             log.note(f"pulling {reference} (--force)")
             if self._engine.pull_image(reference) is None:
                 raise BuildError(f"{request.image.name}: --force: {reference} is not in its registry")
