@@ -162,9 +162,22 @@ def test_an_excluded_dockerfile_is_not_sent_but_still_reaches_the_builder(tmp_pa
     (tmp_path / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
     entries = scan_context(tmp_path, tmp_path / "Dockerfile")
     assert [entry.path for entry in entries] == ["a.txt"]  # neither moves the hash
-    name, members, _ = _tar_members(tmp_path, tmp_path / "Dockerfile")
-    assert name == SIDE_DOCKERFILE
-    assert set(members) == {"a.txt", SIDE_DOCKERFILE, ".dockerignore"}
+    name, members, data = _tar_members(tmp_path, tmp_path / "Dockerfile")
+    assert name == "Dockerfile"  # where a Cloud Build config's --file= expects it
+    assert set(members) == {"a.txt", "Dockerfile", ".dockerignore"}
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        ignore = archive.extractfile(".dockerignore")  # ours: the builder drops both again
+        assert ignore is not None and ignore.read().split() == [b".dockerignore", b"Dockerfile"]
+
+
+def test_an_excluded_dockerfile_with_a_special_name_is_named_literally(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["#Docker*file[1]", "a.txt"])
+    (tmp_path / ".dockerignore").write_text("#*\n.dockerignore\n\\#*\n")
+    name, members, data = _tar_members(tmp_path, tmp_path / "#Docker*file[1]")
+    assert name == "#Docker*file[1]" and set(members) == {"a.txt", name, ".dockerignore"}
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        ignore = archive.extractfile(".dockerignore")
+        assert ignore is not None and ignore.read() == b".dockerignore\n\\#Docker\\*file\\[1]\n"
 
 
 def test_a_self_excluding_dockerignore_sent_by_the_dockerfiles_own_file_is_refused(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ only if the tar's own `.dockerignore` excludes them (moby `builder/remotecontext
 `removeDockerfile`, with `MatchesOrParentMatches`). So:
 
 - the Dockerfile is sent under its own path when it is one of the hashed entries;
-- otherwise (outside the context, or excluded by the ignore file) it travels as a side file that
-  the builder drops again: `.imagecascade.Dockerfile` next to a `.dockerignore` of our own that
-  names both, when the context sends no `.dockerignore` of its own; when it does, under a name
-  that file excludes (the fixed name, or for the local engine a name derived from its patterns);
+- otherwise (excluded by the ignore file, or outside the context) it travels as a file that the
+  builder drops again: under its own path when excluded, else `.imagecascade.Dockerfile`; next to a
+  `.dockerignore` of our own that names both, when the context sends no `.dockerignore`; when it
+  does, under a name that file excludes (for the local engine also a name derived from its
+  patterns; Cloud Build configs name the file, so there it is one of the first two);
 - whatever cannot be made exact this way (a sent `.dockerignore` that excludes itself or the sent
   Dockerfile, possible only with `<Dockerfile>.dockerignore`) is refused with a fix to apply.
 
@@ -83,23 +84,52 @@ def plan_packing(
                 "sends; the classic builder would drop it from the image"
             )
         return Packing(relative)
+    # Anything sent, and every folder above it, is taken; a side file may sit in a folder that is
+    # sent anyway (else dropping it would leave an empty folder behind).
     taken = set(by_path)
     for path in by_path:
-        taken.add(path.partition("/")[0])
+        taken.update(_parents(path))
+    candidates = [relative] if relative is not None else []
+    candidates.append(SIDE_DOCKERFILE)
     if rules is None:
-        if SIDE_DOCKERFILE in taken:
-            raise ConfigError(f"{context / SIDE_DOCKERFILE}: this name is reserved for the Dockerfile")
-        ignore = f"{IGNORE_FILE}\n{SIDE_DOCKERFILE}\n".encode()
-        return Packing(SIDE_DOCKERFILE, ((SIDE_DOCKERFILE, dockerfile_bytes), (IGNORE_FILE, ignore)))
-    candidates = [SIDE_DOCKERFILE] + (_names_excluded_by(rules) if any_side_name else [])
+        for name in candidates:
+            ignore = _ignore_file_naming(name)
+            if _placeable(name, taken) and ignore is not None:
+                return Packing(name, ((name, dockerfile_bytes), (IGNORE_FILE, ignore)))
+        raise ConfigError(f"{context / SIDE_DOCKERFILE}: this name is reserved for the Dockerfile")
+    if any_side_name:
+        candidates += _names_excluded_by(rules)
     for name in candidates:
-        if name not in taken and rules.matches_or_parent_matches(name):
+        if _placeable(name, taken) and rules.matches_or_parent_matches(name):
             return Packing(name, ((name, dockerfile_bytes),))
     raise ConfigError(
         f"{context / IGNORE_FILE}: the Dockerfile ({dockerfile}) is not part of the build context, so it "
         f"travels as {SIDE_DOCKERFILE}, which this file must exclude or it would land in the image: "
         f"add a line `{SIDE_DOCKERFILE}`"
     )
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:count]) for count in range(1, len(parts))]
+
+
+def _placeable(name: str, taken: set[str]) -> bool:
+    return name not in taken and all(parent in taken for parent in _parents(name))
+
+
+def _ignore_file_naming(name: str) -> bytes | None:
+    """A `.dockerignore` that excludes itself and `name` (as checked with Docker's rules), or None."""
+    escaped = "".join("\\" + char if char in "*?[\\" else char for char in name)
+    if escaped.startswith(("#", "!")):
+        escaped = "\\" + escaped
+    data = f"{IGNORE_FILE}\n{escaped}\n".encode("utf-8", "surrogateescape")
+    try:
+        rules = IgnoreRules(parse_ignore_file(data, IGNORE_FILE), None)
+        exact = rules.matches_or_parent_matches(name) and rules.matches_or_parent_matches(IGNORE_FILE)
+    except ConfigError:
+        return None
+    return data if exact else None
 
 
 def _sent_ignore_rules(context: Path, entry: ContextEntry | None) -> IgnoreRules | None:
