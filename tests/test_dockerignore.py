@@ -380,7 +380,11 @@ class Tally:
     differences = 0
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(tree=_tree, data=st.data())
 def test_hypothesis_trees_and_ignore_files_against_the_docker_cli(
     tmp_path_factory: pytest.TempPathFactory,
