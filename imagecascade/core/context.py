@@ -109,15 +109,15 @@ class _Walk:
                 except OSError as error:
                     raise ConfigError(f"{display_path(entry.path)}: cannot stat: {error}") from error
                 mode = info.st_mode
-                excluded, match_info = rules.matches(relative, parent_info) if matching else (False, None)
                 if stat_module.S_ISDIR(mode):
+                    excluded, match_info = rules.matches(relative, parent_info) if matching else (False, None)
                     if not excluded:
                         self._folders.append(relative)
                         sent_here = True  # the folder itself, or what is below it
                     elif not rules.may_include_below(relative):
                         continue  # BuildKit does not enter it: nothing below can be re-included
                     pending.append((entry.path, relative + "/", match_info, excluded))
-                elif excluded:
+                elif matching and rules.excludes(relative, parent_info):
                     continue
                 elif stat_module.S_ISREG(mode):
                     sent_here = True

@@ -213,18 +213,22 @@ class Pattern:
     exclusion: bool  # True for a `!` exception
     line: int  # 1-based line in the ignore file, for messages
     source: str  # the ignore file, for messages
-    _matcher: Callable[[str], bool] | None = None
+    # Truthy when the path matches. Compiled on first use; from then on the compiled matcher
+    # itself (one call per pattern and path is the walk's hot path).
+    match: Callable[[str], object] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.match = self._compile_and_match
 
     def without_trailing_glob(self) -> str:
         """fsutil's patternWithoutTrailingGlob."""
         return self.text.removesuffix("/**").removesuffix("/*")
 
-    def match(self, path: str) -> bool:
-        if self._matcher is None:
-            self._matcher = self._compile()
-        return self._matcher(path)
+    def _compile_and_match(self, path: str) -> object:
+        self.match = self._compile()
+        return self.match(path)
 
-    def _compile(self) -> Callable[[str], bool]:
+    def _compile(self) -> Callable[[str], object]:
         """patternmatcher's Pattern.compile with the separator `/`."""
         pattern = self.text
         regex = "^"
@@ -273,7 +277,7 @@ class Pattern:
             iteration += 1
         return self._matcher_for(kind, regex + "$")
 
-    def _matcher_for(self, kind: str, regex: str) -> Callable[[str], bool]:
+    def _matcher_for(self, kind: str, regex: str) -> Callable[[str], object]:
         text = self.text
         if kind == "exact":
             return text.__eq__
@@ -286,8 +290,10 @@ class Pattern:
                     os.fsencode(path).endswith(raw) or (raw[:1] == b"/" and os.fsencode(path) == raw[1:])
                 )
             suffix = text[2:]
-            ends = _bytes_safe(suffix, str.endswith, bytes.endswith)
             bare = suffix[1:] if suffix.startswith("/") else None
+            if not any("\udc80" <= char <= "\udcff" for char in suffix):
+                return lambda path: path.endswith(suffix) or path == bare
+            ends = _bytes_safe(suffix, str.endswith, bytes.endswith)
             return lambda path: ends(path) or path == bare
         try:
             compiled = re.compile(goregex.translate(regex), re.ASCII)
@@ -297,7 +303,7 @@ class Pattern:
             raise ConfigError(
                 f"{self.source}: line {self.line}: {self.text!r}: syntax error in pattern ({error})"
             ) from error
-        return lambda path: compiled.match(path) is not None
+        return compiled.match
 
 
 def _rune(char: str) -> str:
@@ -315,7 +321,7 @@ def _bytes_safe(
     return lambda path: on_text(path, literal)
 
 
-MatchInfo = tuple[bool, ...]  # per pattern: did it match the folder above (patternmatcher's MatchInfo)
+MatchInfo = tuple[object, ...]  # per pattern: truthy if it matched the folder above (Go's MatchInfo)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +330,10 @@ class IgnoreRules:
 
     patterns: tuple[Pattern, ...]
     source: Path | None
+    _last_first: tuple[Pattern, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_last_first", self.patterns[::-1])
 
     @property
     def exclusions(self) -> bool:
@@ -336,19 +346,45 @@ class IgnoreRules:
         (then every folder above is tried, as MatchesOrParentMatches does).
         """
         matched = False
-        info = [False] * len(self.patterns)
-        for index, pattern in enumerate(self.patterns):
-            match = parent[index] if parent else False
-            if not match:
+        info: list[object] = []
+        record = info.append
+        if not parent:
+            for pattern in self.patterns:
+                match: object = False
+                if pattern.exclusion == matched:
+                    match = pattern.match(path) or _parent_matches(pattern, path)
+                    if match:
+                        matched = not pattern.exclusion
+                record(match)
+            return matched, tuple(info)
+        # The hot path: once per entry below the top level.
+        for inherited, pattern in zip(parent, self.patterns, strict=True):
+            if not inherited:
                 if pattern.exclusion != matched:
+                    record(False)
                     continue
-                match = pattern.match(path)
-                if not match and not parent:
-                    match = _parent_matches(pattern, path)
-            info[index] = match
-            if match:
+                inherited = pattern.match(path)
+            record(inherited)
+            if inherited:
                 matched = not pattern.exclusion
         return matched, tuple(info)
+
+    def excludes(self, path: str, parent: MatchInfo | None) -> bool:
+        """`matches(path, parent)[0]` without the MatchInfo: for files, which have no children.
+
+        The same answer, found from the last pattern back: MatchesUsingParentResults skips a
+        pattern only when it could not change the verdict, so the verdict is that of the last
+        pattern that matches the path or matched its folder.
+        """
+        if parent:
+            for inherited, pattern in zip(parent[::-1], self._last_first, strict=True):
+                if inherited or pattern.match(path):
+                    return not pattern.exclusion
+            return False
+        for pattern in self._last_first:
+            if pattern.match(path) or _parent_matches(pattern, path):
+                return not pattern.exclusion
+        return False
 
     def matches_or_parent_matches(self, path: str) -> bool:
         """MatchesOrParentMatches: the rule the classic daemon removes files from its context by."""
