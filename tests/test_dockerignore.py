@@ -152,6 +152,8 @@ BAD_PATTERNS = [
 ]
 # Go's Match stops at the first chunk that cannot match ".": Docker accepts these.
 ACCEPTED_ODDITIES = [b"*/*/[]a]\n", b"x*/[]a]\n", b"*/*/a\\\n", b"*/*/[\xff]\n"]
+# A regular expression Go refuses (`\e`) is compiled only when Docker's order reaches the pattern.
+ACCEPTED_ODDITIES.append(b"nothing-here\n!\\e.txt\n")
 
 
 @pytest.mark.parametrize("ignore", ACCEPTED_ODDITIES, ids=repr)
@@ -441,3 +443,20 @@ def test_hypothesis_tally(capsys: pytest.CaptureFixture[str]) -> None:
             f"{Tally.excluding} excluding something, {Tally.reincluding} re-including with `!`, "
             f"{Tally.differences} with the classic-walk difference"
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_pattern, max_size=6), parts=st.lists(st.sampled_from(_NAMES), min_size=1, max_size=4))
+def test_a_files_verdict_from_the_last_pattern_back_is_the_forward_one(
+    lines: list[str], parts: list[str]
+) -> None:
+    path = "/".join(parts)
+    try:
+        rules = IgnoreRules(parse_ignore_file("\n".join(lines).encode("utf-8", "surrogateescape"), "x"), None)
+        info = None
+        for depth in range(1, len(parts)):
+            info = rules.matches("/".join(parts[:depth]), info)[1]
+        forward = rules.matches(path, info)[0]
+    except ConfigError:  # refused by Docker too: a bad pattern, or a regex its order reaches
+        return
+    assert rules.excludes(path, info) == forward

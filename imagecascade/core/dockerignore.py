@@ -376,15 +376,19 @@ class IgnoreRules:
         pattern only when it could not change the verdict, so the verdict is that of the last
         pattern that matches the path or matched its folder.
         """
-        if parent:
-            for inherited, pattern in zip(parent[::-1], self._last_first, strict=True):
-                if inherited or pattern.match(path):
+        try:
+            if parent:
+                for inherited, pattern in zip(parent[::-1], self._last_first, strict=True):
+                    if inherited or pattern.match(path):
+                        return not pattern.exclusion
+                return False
+            for pattern in self._last_first:
+                if pattern.match(path) or _parent_matches(pattern, path):
                     return not pattern.exclusion
             return False
-        for pattern in self._last_first:
-            if pattern.match(path) or _parent_matches(pattern, path):
-                return not pattern.exclusion
-        return False
+        except ConfigError:
+            # A pattern Go's regexp refuses fails the build only where Docker's own order reaches it.
+            return self.matches(path, parent)[0]
 
     def matches_or_parent_matches(self, path: str) -> bool:
         """MatchesOrParentMatches: the rule the classic daemon removes files from its context by."""
