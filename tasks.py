@@ -15,7 +15,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
 from imagecascade.core.settings import Settings, find_root, load_settings
-from imagecascade.errors import INTERRUPTED, BackendError, CascadeError
+from imagecascade.errors import INTERRUPTED, BackendError, CascadeError, ConfigError
 from imagecascade.signals import interrupt_name, quiet_broken_pipe, termination_as_interrupt
 
 
@@ -133,9 +133,9 @@ BACKENDS = ("local", "cloudbuild")
 
 def _backend(name: str, settings: Settings, cloud: dict[str, Any] | None = None) -> Any:
     if name == "local":
-        from imagecascade.engines.local_backend import LocalBackend
+        from imagecascade.engines.buildkit import choose_local_builder
 
-        return LocalBackend()
+        return choose_local_builder(settings)
     if name == "cloudbuild":
         from imagecascade.cloud.cloudbuild import CloudBuildBackend
         from imagecascade.cloud.cloudbuild_api import CloudBuildFlags
@@ -165,6 +165,8 @@ def _run_cascade(
     backend: str,
     cloud_settings: dict[str, Any] | None = None,
     cloud: dict[str, Any] | None = None,
+    builder: str | None = None,
+    secret: list[str] | None = None,
 ) -> None:
     """Plan, build what is missing, render progress and the summary, map the outcome to an exit code."""
     import dataclasses
@@ -172,6 +174,7 @@ def _run_cascade(
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.cascade import run_cascade, selection
     from imagecascade.core.plan import compute_plan
+    from imagecascade.core.secrets import load_local_secrets, parse_secret_flags
     from imagecascade.rendering.terminal import (
         CascadeReporter,
         console,
@@ -182,14 +185,23 @@ def _run_cascade(
         summary_table,
     )
 
-    settings = _settings(registry=registry, jobs=jobs, **(cloud_settings or {}))
+    settings = _settings(registry=registry, jobs=jobs, builder=builder, **(cloud_settings or {}))
     options = dataclasses.replace(options, jobs=settings.jobs)
     out = console()
     try:
         with termination_as_interrupt():
+            sources = {**load_local_secrets(settings.root), **parse_secret_flags(secret or [], Path.cwd())}
+            settings = settings.with_overrides(secrets=sources)
             current = compute_plan(settings)
             _warn(check_before_build(current, selection(current, options)))
+            _check_secret_ids(current, sources)
             chosen = _backend(backend, settings, cloud)
+            if getattr(chosen, "description", ""):
+                print(f"builder: {chosen.description}", flush=True)
+            # What this backend cannot build here (Dockerfile features, secrets): refused up front.
+            current = current.with_refusals(
+                {image.name: chosen.refusal(image, settings) for image in current.images}
+            )
             store = _store(backend, settings)
             if options.dry_run:
                 result = run_cascade(current, store, chosen, options)
@@ -227,6 +239,17 @@ def _run_cascade(
         raise Exit(message, code=code)
 
 
+def _check_secret_ids(plan: Any, sources: dict[str, Any]) -> None:
+    """A secret given for an id no image declares is a typo: say so instead of ignoring it."""
+    declared = {key for image in plan.images for key in image.spec.secrets}
+    unknown = sorted(set(sources) - declared)
+    if unknown:
+        raise ConfigError(
+            f"secret {unknown[0]} ({sources[unknown[0]].origin}): no image declares it "
+            f"(declared: {', '.join(sorted(declared)) or 'none'})"
+        )
+
+
 def _why(plan: Any, store: Any, result: Any) -> dict[str, str]:
     """For a dry run: what the target holds instead of each missing image, and what changed."""
     from imagecascade.core.why import why_missing
@@ -252,6 +275,10 @@ _CASCADE_HELP = {
     "timeout": "cloudbuild: build timeout in minutes for every image (default: image.toml)",
     "worker_pool": "cloudbuild: private pool projects/P/locations/R/workerPools/NAME (default: image.toml)",
     "queued_timeout": "cloudbuild: cancel a build still QUEUED after this many seconds (default: wait)",
+    "builder": "local: auto (BuildKit when the docker CLI can drive it), buildkit or classic "
+    "(default: [build] builder, else auto)",
+    "secret": "a build secret, repeatable: id=ID,src=PATH or id=ID,env=VAR (docker's syntax); "
+    "never hashed, logged or stored",
 }
 
 
@@ -265,7 +292,7 @@ def _number(flag: str, value: Any, kind: type) -> Any:
         raise Exit(f"error: --{flag.replace('_', '-')}: {value!r} is not a number", code=2) from None
 
 
-@task(help=_CASCADE_HELP)
+@task(help=_CASCADE_HELP, iterable=["secret"])
 @_pipe_safe
 def cascade(
     c: Context,
@@ -282,6 +309,8 @@ def cascade(
     timeout: int | None = None,
     worker_pool: str | None = None,
     queued_timeout: float | None = None,
+    builder: str | None = None,
+    secret: list[str] | None = None,
 ) -> None:
     """Build every image missing in the target: parents first, independent lineages in parallel."""
     from imagecascade.core.cascade import CascadeOptions
@@ -296,7 +325,16 @@ def cascade(
         "queued_timeout": _number("queued_timeout", queued_timeout, float),
     }
     jobs = _number("jobs", jobs, int)
-    _run_cascade(CascadeOptions(force=force, dry_run=dry_run), registry, jobs, backend, cloud_settings, cloud)
+    _run_cascade(
+        CascadeOptions(force=force, dry_run=dry_run),
+        registry,
+        jobs,
+        backend,
+        cloud_settings,
+        cloud,
+        builder=builder,
+        secret=secret,
+    )
 
 
 def _image_task(name: str, description: str) -> Task[Any]:
@@ -307,11 +345,13 @@ def _image_task(name: str, description: str) -> Task[Any]:
         registry: str | None = None,
         dry_run: bool = False,
         backend: str = "local",
+        builder: str | None = None,
+        secret: list[str] | None = None,
     ) -> None:
         from imagecascade.core.cascade import CascadeOptions
 
         options = CascadeOptions(only=(name,), with_parents=with_parents, force=force, dry_run=dry_run)
-        _run_cascade(options, registry, None, backend)
+        _run_cascade(options, registry, None, backend, builder=builder, secret=secret)
 
     build_image.__doc__ = (description or f"Build image {name}") + (
         f"\n\nBuilds images/{name} when its hash tag is missing in the target."
@@ -325,7 +365,10 @@ def _image_task(name: str, description: str) -> Task[Any]:
             "registry": _CASCADE_HELP["registry"],
             "dry_run": _CASCADE_HELP["dry_run"],
             "backend": _CASCADE_HELP["backend"],
+            "builder": _CASCADE_HELP["builder"],
+            "secret": _CASCADE_HELP["secret"],
         },
+        iterable=["secret"],
     )
 
 

@@ -7,6 +7,7 @@ Cloud Storage is gcp-storage-emulator; Cloud Build is tests/fake_cloudbuild.py. 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import http.server
 import io
@@ -33,6 +34,7 @@ from imagecascade.cloud.cloudbuild_api import CloudBuildFlags, Timing, console_u
 from imagecascade.cloud.registry_store import cloudbuild_store
 from imagecascade.core.backend import BuildError, BuildEvent, BuildRequest
 from imagecascade.core.plan import PlannedImage, compute_plan, image_reference
+from imagecascade.core.secrets import parse_secret_flags
 from imagecascade.core.settings import load_settings
 from imagecascade.errors import BackendError, ConfigError
 from tests.fake_cloudbuild import FakeCloudBuild, Phase
@@ -519,3 +521,61 @@ def test_invoke_cascade_with_the_cloudbuild_backend(
         assert build.body["source"]["storageSource"]["bucket"] == "other-project_cloudbuild"
     app_tag = planned(repo, "app").tag
     assert f"--build-arg=BASE_IMAGE={target}/app:{app_tag}" in fake.created[1].resolved["steps"][0]["args"]
+
+
+SECRET_VERSION = "projects/fake-project/secrets/pip-conf/versions/latest"
+
+
+def test_declared_secrets_travel_as_available_secrets_and_never_as_values(
+    repo: Path, fake: FakeCloudBuild, environ: dict[str, str], storage_url: str, tmp_path: Path
+) -> None:
+    fake.script = [Phase("SUCCESS", log="DONE")]
+    dockerfile = repo / "images" / "app" / "Dockerfile"
+    dockerfile.write_text(
+        dockerfile.read_text() + "RUN --mount=type=secret,id=pip_conf --mount=type=secret,id=token true\n"
+    )
+    declaration = repo / "images" / "app" / "image.toml"
+    declaration.write_text('secrets = ["pip_conf", "token"]\n' + declaration.read_text())
+    (repo / "cascade.toml").write_text(
+        (repo / "cascade.toml").read_text() + f'[cloudbuild.secrets]\npip_conf = "{SECRET_VERSION}"\n'
+    )
+    # The same id has a local source too: its value must not reach Cloud Build in any form.
+    value = "local-secret-value-that-must-stay-here"
+    (tmp_path / "pip.conf").write_text(value)
+    request = request_for(repo, "app")
+    request = dataclasses.replace(
+        request, secrets=parse_secret_flags([f"id=pip_conf,src={tmp_path / 'pip.conf'}"], tmp_path)
+    )
+    backend(repo, environ).build(request, Recorder(), threading.Event())
+    (build,) = fake.created
+    env = cloudbuild_config.secret_env("pip_conf")
+    assert env == "IMAGECASCADE_SECRET_PIP_CONF"
+    assert build.body["availableSecrets"] == {"secretManager": [{"versionName": SECRET_VERSION, "env": env}]}
+    (step,) = build.body["steps"]
+    assert step["secretEnv"] == [env]
+    assert "DOCKER_BUILDKIT=1" in step["env"]
+    assert step["args"][:2] == ["build", f"--secret=id=pip_conf,env={env}"]
+    # `token` has no Secret Manager version and is optional: not passed.
+    assert not any("id=token" in arg for arg in step["args"])
+    sent = json.dumps(build.body)
+    assert value not in sent and str(tmp_path) not in sent
+    source = build.body["source"]["storageSource"]
+    data = storage_client(storage_url).bucket(source["bucket"]).blob(source["object"]).download_as_bytes()
+    assert value.encode() not in gzip.decompress(data)
+
+
+def test_a_required_secret_without_a_secret_manager_version_is_refused_before_submitting(
+    repo: Path, fake: FakeCloudBuild, environ: dict[str, str]
+) -> None:
+    dockerfile = repo / "images" / "app" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "RUN --mount=type=secret,id=token,required=true true\n")
+    declaration = repo / "images" / "app" / "image.toml"
+    declaration.write_text('secrets = ["token"]\n' + declaration.read_text())
+    image = planned(repo, "app")
+    (refusal,) = backend(repo, environ).refusal(image, load_settings(repo))
+    assert refusal.reason == "required secret 'token' has no Secret Manager version for Cloud Build"
+    assert "[cloudbuild.secrets]" in refusal.fix
+    declaration.write_text(declaration.read_text() + f'\n[cloudbuild.secrets]\ntoken = "{SECRET_VERSION}"\n')
+    # image.toml's [cloudbuild] secrets table works as well as cascade.toml's.
+    assert backend(repo, environ).refusal(planned(repo, "app"), load_settings(repo)) == ()
+    assert fake.created == []

@@ -44,6 +44,9 @@ from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, Buil
 from imagecascade.core.build_log import BuildLog
 from imagecascade.core.build_options import CloudBuildOptions
 from imagecascade.core.context_tar import plan_packing, write_context_tar
+from imagecascade.core.declaration import ImageSpec
+from imagecascade.core.plan import PlannedImage
+from imagecascade.core.refusals import Refusal
 from imagecascade.core.settings import Settings
 from imagecascade.errors import ConfigError
 
@@ -118,6 +121,24 @@ class CloudBuildBackend:
                 return parts[3]
         return self._settings.cloudbuild_region or "global"
 
+    def secret_versions(self, spec: ImageSpec) -> dict[str, str]:
+        """The image's declared secrets that have a Secret Manager version (image.toml over cascade.toml)."""
+        mapping = {**self._settings.cloudbuild_secrets, **spec.cloudbuild.secrets}
+        return {key: mapping[key] for key in spec.secrets if key in mapping}
+
+    def refusal(self, image: PlannedImage, settings: Settings) -> tuple[Refusal, ...]:
+        """A required secret without a Secret Manager version stops the image before submitting."""
+        versions = self.secret_versions(image.spec)
+        return tuple(
+            Refusal(
+                f"required secret {secret_id!r} has no Secret Manager version for Cloud Build",
+                f'set {secret_id} = "projects/PROJECT/secrets/NAME/versions/latest" under '
+                "[cloudbuild.secrets] in cascade.toml or the image's image.toml",
+            )
+            for secret_id in image.spec.required_secrets
+            if secret_id not in versions
+        )
+
     def submission(self, request: BuildRequest) -> tuple[cloudbuild_v1.Build, CloudBuildOptions]:
         """The build to submit for `request` (without its source), checked like Cloud Build would."""
         image = request.image
@@ -154,6 +175,7 @@ class CloudBuildBackend:
             )
         options = self._flags.options_for(image.spec.cloudbuild)
         body = {key: value for key, value in config.items() if key != "substitutions"}
+        body = cloudbuild_config.with_secrets(path, body, self.secret_versions(image.spec))
         try:
             build = cloudbuild_v1.Build.from_json(json.dumps(body))
         except json_format.ParseError as error:

@@ -193,3 +193,57 @@ def declared_build_args(config: Mapping[str, Any]) -> set[str]:
             if value is not None:
                 names.add(value.partition("=")[0])
     return names
+
+
+def secret_env(secret_id: str) -> str:
+    """`pip_conf` → `IMAGECASCADE_SECRET_PIP_CONF`: the variable a Secret Manager version arrives in."""
+    return "IMAGECASCADE_SECRET_" + re.sub(r"[^A-Z0-9]+", "_", secret_id.upper())
+
+
+def with_secrets(path: Path, config: Mapping[str, Any], versions: Mapping[str, str]) -> dict[str, Any]:
+    """`config` whose docker build steps receive `versions` (secret id → Secret Manager version).
+
+    Each secret is listed once in `availableSecrets.secretManager` with its own variable; every
+    docker build step names the variables in `secretEnv`, passes `--secret id=ID,env=VAR` and
+    builds with BuildKit (`DOCKER_BUILDKIT=1`). Cloud Build hands the values to the step's
+    environment only, so neither the config, the substitutions nor the build record holds one.
+    Raises ConfigError when the config has no docker build step or two ids share a variable.
+    """
+    result = dict(config)
+    if not versions:
+        return result
+    names: dict[str, str] = {}
+    for secret_id in sorted(versions):
+        env = secret_env(secret_id)
+        if env in names:
+            raise ConfigError(f"secrets {names[env]} and {secret_id} both map to the variable {env}")
+        names[env] = secret_id
+    steps = [dict(step) if isinstance(step, Mapping) else step for step in config.get("steps", [])]
+    found = False
+    for step in steps:
+        if not isinstance(step, dict):
+            continue
+        args = [str(arg) for arg in step.get("args") or []]
+        if (
+            not str(step.get("name", "")).rstrip("/").split("/")[-1].startswith("docker")
+            or "build" not in args[:2]
+        ):
+            continue
+        found = True
+        at = args.index("build") + 1
+        step["args"] = [*args[:at], *(f"--secret=id={names[env]},env={env}" for env in names), *args[at:]]
+        step["secretEnv"] = sorted({*(step.get("secretEnv") or []), *names})
+        env_list = [item for item in step.get("env") or [] if not str(item).startswith("DOCKER_BUILDKIT=")]
+        step["env"] = [*env_list, "DOCKER_BUILDKIT=1"]
+    if not found:
+        raise ConfigError(
+            f"{path}: no docker build step to pass the secrets {', '.join(sorted(versions))} to"
+        )
+    available = dict(result.get("availableSecrets") or {})
+    listed = [item for item in available.get("secretManager") or [] if item.get("env") not in names]
+    available["secretManager"] = listed + [
+        {"versionName": versions[secret_id], "env": env} for env, secret_id in names.items()
+    ]
+    result["steps"] = steps
+    result["availableSecrets"] = available
+    return result

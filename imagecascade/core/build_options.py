@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from imagecascade.core.settings import check_secret_version
 from imagecascade.errors import ConfigError
 
 MACHINE_TYPES = ("", "E2_MEDIUM", "E2_HIGHCPU_8", "E2_HIGHCPU_32", "N1_HIGHCPU_8", "N1_HIGHCPU_32")
@@ -20,6 +21,8 @@ class CloudBuildOptions:
     timeout_minutes: int = 60
     worker_pool: str = ""  # projects/P/locations/L/workerPools/NAME; private pools allow any machine
     region: str = ""  # "" uses the repository-wide setting
+    # secret id -> Secret Manager version; over cascade.toml's [cloudbuild.secrets] for this image
+    secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> CloudBuildOptions:
         return dataclasses.replace(
@@ -33,6 +36,13 @@ def parse_cloudbuild_options(raw: Mapping[str, Any], where: str) -> CloudBuildOp
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+        if key == "secrets":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: secrets must be a table of secret id = Secret Manager version")
+            for secret_id, version in value.items():
+                check_secret_version(secret_id, version, f"{where} secrets")
+            values[key] = dict(value)
+            continue
         expected = int if known[key].type in ("int", int) else str
         if not isinstance(value, expected) or isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be {'an integer' if expected is int else 'a string'}")

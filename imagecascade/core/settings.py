@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from imagecascade.core.secrets import SecretSource, check_id
 from imagecascade.errors import ConfigError
 
 SETTINGS_FILE = "cascade.toml"
@@ -18,13 +21,22 @@ SecretFiles = Literal["warn", "error"]
 # section -> key -> (Settings field, type)
 _KNOWN: dict[str, dict[str, tuple[str, type]]] = {
     "registry": {"url": ("registry", str)},
-    "build": {"jobs": ("jobs", int), "secret_files": ("secret_files", str)},
+    "build": {
+        "jobs": ("jobs", int),
+        "secret_files": ("secret_files", str),
+        "builder": ("builder", str),
+        "docker_cli": ("docker_cli", str),
+    },
     "cloudbuild": {
         "project": ("cloudbuild_project", str),
         "region": ("cloudbuild_region", str),
         "bucket": ("cloudbuild_bucket", str),
+        "secrets": ("cloudbuild_secrets", dict),
     },
 }
+BUILDERS = ("auto", "buildkit", "classic")
+# A Secret Manager secret version, as Cloud Build's availableSecrets takes it.
+SECRET_VERSION = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,6 +50,12 @@ class Settings:
     cloudbuild_project: str = ""
     cloudbuild_region: str = "global"
     cloudbuild_bucket: str = ""
+    builder: str = "auto"  # auto | buildkit | classic
+    docker_cli: str = ""  # the docker CLI that drives BuildKit; "" = IMAGECASCADE_DOCKER_CLI, else PATH
+    # secret id -> Secret Manager version, for builds on Cloud Build
+    cloudbuild_secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # secret id -> where its value lives on this machine (--secret, cascade.local.toml); never committed
+    secrets: Mapping[str, SecretSource] = dataclasses.field(default_factory=dict)
 
     @property
     def images_dir(self) -> Path:
@@ -62,7 +80,25 @@ class Settings:
         given = {key: value for key, value in overrides.items() if value is not None}
         if "registry" in given:
             given["registry"] = str(given["registry"]).rstrip("/")
+        if "builder" in given:
+            check_builder(str(given["builder"]), "--builder")
         return dataclasses.replace(self, **given)
+
+
+def check_builder(value: str, where: str) -> str:
+    if value not in BUILDERS:
+        raise ConfigError(f"{where}: unknown builder {value!r} (known: {', '.join(BUILDERS)})")
+    return value
+
+
+def check_secret_version(secret_id: str, version: object, where: str) -> None:
+    """A `[cloudbuild.secrets]` entry: a secret id mapped to `projects/P/secrets/S/versions/V`."""
+    check_id(secret_id, where)
+    if not isinstance(version, str) or not SECRET_VERSION.match(version):
+        raise ConfigError(
+            f"{where}.{secret_id} must be a Secret Manager version, "
+            f'"projects/PROJECT/secrets/SECRET/versions/VERSION" (VERSION may be latest)'
+        )
 
 
 def find_root(start: Path) -> Path:
@@ -97,7 +133,8 @@ def load_settings(root: Path) -> Settings:
                 raise ConfigError(f"{path}: unknown key {section}.{key} (known: {known})")
             field, expected = _KNOWN[section][key]
             if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError(f"{path}: {section}.{key} must be a {expected.__name__}")
+                kind = "table" if expected is dict else expected.__name__
+                raise ConfigError(f"{path}: {section}.{key} must be a {kind}")
             values[field] = value
     if "registry" in values:
         values["registry"] = values["registry"].rstrip("/")
@@ -105,4 +142,8 @@ def load_settings(root: Path) -> Settings:
         raise ConfigError(f"{path}: build.jobs must be at least 1")
     if values.get("secret_files", "warn") not in ("warn", "error"):
         raise ConfigError(f'{path}: build.secret_files must be "warn" or "error"')
+    if "builder" in values:
+        check_builder(values["builder"], f"{path}: build.builder")
+    for secret_id, version in values.get("cloudbuild_secrets", {}).items():
+        check_secret_version(secret_id, version, f"{path}: cloudbuild.secrets")
     return Settings(root=root, **values)

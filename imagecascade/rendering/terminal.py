@@ -180,7 +180,9 @@ def summary_table(result: CascadeResult) -> Table:
     for item in result.results:
         duration = f"{item.duration:.1f} s" if item.outcome in ("built", "failed", "cancelled") else ""
         detail = item.reference if item.outcome in ("built", "present") else item.reason
-        table.add_row(item.name, f"[{colour.get(item.outcome, '')}]{item.outcome}[/]", duration, detail)
+        table.add_row(
+            item.name, f"[{colour.get(item.outcome, '')}]{item.outcome}[/]", duration, escape(detail)
+        )
     return table
 
 
