@@ -49,7 +49,11 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     typed = ["imagecascade", *(name for name in ("tasks.py", "noxfile.py") if (ROOT / name).is_file())]
     session.run("mypy", "--strict", *typed)
-    dockerfiles = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("images/*/Dockerfile"))
+    dockerfiles = sorted(
+        str(path.relative_to(ROOT))
+        for pattern in ("images/*/Dockerfile", "standin/*/Dockerfile")
+        for path in ROOT.glob(pattern)
+    )
     if dockerfiles:
         session.run("hadolint", *dockerfiles)
 
@@ -59,6 +63,13 @@ def smoke(session: nox.Session) -> None:
     """Verify the built images inside containers: `-- [--registry REF] [--require-gpu] [IMAGE ...]`."""
     session.install(".", "docker", "rich")
     run_keeping_exit_code(session, "python", "-m", "imagecascade.smoke", *session.posargs)
+
+
+@nox.session
+def standin(session: nox.Session) -> None:
+    """On demand, not CI: arr-ml-stack and arr-trainer built on a stand-in torch parent, smoke-checked."""
+    session.install(".[tasks]")
+    session.run("python", "-m", "imagecascade.standin", *session.posargs)
 
 
 @nox.session
