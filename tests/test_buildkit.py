@@ -155,6 +155,10 @@ def test_cache_mount_chmod_and_secret_through_invoke_and_the_secret_is_nowhere(
     assert needle not in json.dumps(engine.client.images.get(reference).attrs).encode()
     assert secret_value not in done.stdout + done.stderr
     assert files_containing(root, needle) == []
+    # The complete build log is written as for the classic builder, the printed value masked.
+    log = (root / "reports" / "build-logs" / f"{name}-{image.tag}.log").read_text()
+    assert "Step 4/4 : RUN --mount=type=secret,id=token,required=true" in log
+    assert f"the token is {MASK}" in log
     # A rotated secret changes no hash: nothing is rebuilt.
     write_file(secret, f"rotated-{uuid.uuid4().hex}")
     again = invoke(root, "cascade", "--builder", "buildkit", "--secret", f"id=token,src={secret}")

@@ -18,7 +18,7 @@ def _size(size: int | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`nox -s standin -- [--pip-conf PATH] [--ca-bundle PATH] [--force]`."""
+    """`nox -s standin -- [--pip-conf PATH] [--ca-bundle PATH]`: builds what is missing, then checks."""
     parser = argparse.ArgumentParser(
         prog="nox -s standin --",
         description="Build arr-ml-stack and arr-trainer from their real Dockerfiles on a stand-in "
@@ -34,7 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="CA bundle passed as the ca_bundle secret (default: PIP_CERT, REQUESTS_CA_BUNDLE, "
         "SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt; '' for none)",
     )
-    parser.add_argument("--force", action="store_true", help="rebuild the three images even when built")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -66,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = Engine.from_environment()
         try:
             with termination_as_interrupt():
-                result = run_session(root, engine, secrets, force=args.force, on_event=on_event, on_stage=say)
+                result = run_session(root, engine, secrets, on_event=on_event, on_stage=say)
         finally:
             engine.close()
     except KeyboardInterrupt:

@@ -22,7 +22,6 @@ not inherited here; the stand-in's own checks are.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagecascade.core.backend import BuildEvent
+from imagecascade.core.build_log import LOG_DIR
 from imagecascade.core.cascade import CascadeOptions, CascadeResult, run_cascade
 from imagecascade.core.plan import Plan, compute_plan
 from imagecascade.core.secrets import SecretSource
@@ -180,19 +180,19 @@ def run_session(
     secrets: Mapping[str, SecretSource],
     *,
     environ: Mapping[str, str] | None = None,
-    force: bool = False,
     on_event: Callable[[BuildEvent], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> StandinResult:
-    """Build the stand-in, arr-ml-stack and arr-trainer; smoke-check them. Logs go to reports/standin/."""
+    """Build the stand-in, arr-ml-stack and arr-trainer when missing; smoke-check them.
+
+    The complete build logs are the cascade's own, in the scratch repository's reports/build-logs/.
+    """
     from imagecascade.engines.buildkit import choose_local_builder
     from imagecascade.engines.store import EngineStore
 
     environ = dict(os.environ if environ is None else environ)
     stage = on_stage or (lambda message: None)
     work = root / ".cache" / "standin"
-    logs = root / "reports" / "standin"
-    logs.mkdir(parents=True, exist_ok=True)
     stage(f"base image {BASE_IMAGE}")
     base_seconds = ensure_base(engine, environ)
     repo = prepare_repository(root, work)
@@ -201,26 +201,10 @@ def run_session(
     backend = choose_local_builder(settings, environ)
     stage(f"builder: {backend.description}")
     before = latest_tags(engine)
-    with contextlib.ExitStack() as stack:
-        handles = {
-            image.name: stack.enter_context(open(logs / f"{image.name}.log", "w", encoding="utf-8"))
-            for image in plan.images
-        }
-
-        def record(event: BuildEvent) -> None:
-            handle = handles.get(event.image)
-            if handle is not None:
-                handle.write(f"{time.strftime('%H:%M:%S')} {event.kind}: {event.message}\n")
-                handle.flush()
-            if on_event is not None:
-                on_event(event)
-
-        try:
-            result = run_cascade(
-                plan, EngineStore(engine), backend, CascadeOptions(force=force, jobs=1), on_event=record
-            )
-        finally:
-            restore_latest(engine, before)
+    try:
+        result = run_cascade(plan, EngineStore(engine), backend, CascadeOptions(jobs=1), on_event=on_event)
+    finally:
+        restore_latest(engine, before)
     images = tuple(
         BuiltImage(
             name=item.name,
@@ -244,7 +228,7 @@ def run_session(
         cascade=result,
         smoke=tuple(reports),
         notes=tuple(notes),
-        logs=logs,
+        logs=repo / LOG_DIR,
     )
 
 
