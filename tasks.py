@@ -73,17 +73,30 @@ def hashes(c: Context, write: bool = False, check: bool = False) -> None:
         "json": "print the plan as JSON for scripts and CI",
         "registry": "look images up in this registry instead of the configured one",
         "offline": "do not ask the engine or registry whether images are built",
+        "builder": "the local builder whose refusals to show: auto, buildkit or classic "
+        "(default: [build] builder, else auto)",
     }
 )
 @_pipe_safe
-def plan(c: Context, json_: bool = False, registry: str | None = None, offline: bool = False) -> None:
+def plan(
+    c: Context,
+    json_: bool = False,
+    registry: str | None = None,
+    offline: bool = False,
+    builder: str | None = None,
+) -> None:
     """Show every image's hash, lock state, build state and why it is stale."""
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.plan import compute_plan, plan_document
+    from imagecascade.core.secrets import load_local_secrets
+    from imagecascade.engines.buildkit import choose_local_builder
 
     try:
-        current = compute_plan(_settings(registry=registry))
+        settings = _settings(registry=registry, builder=builder)
+        settings = settings.with_overrides(secrets=load_local_secrets(settings.root))
+        current = compute_plan(settings)
         warnings = check_before_build(current)
+        current = _with_refusals(current, choose_local_builder(settings), settings)
     except CascadeError as error:
         raise _fail(error) from error
     _warn(warnings)
@@ -198,10 +211,7 @@ def _run_cascade(
             chosen = _backend(backend, settings, cloud)
             if getattr(chosen, "description", ""):
                 print(f"builder: {chosen.description}", flush=True)
-            # What this backend cannot build here (Dockerfile features, secrets): refused up front.
-            current = current.with_refusals(
-                {image.name: chosen.refusal(image, settings) for image in current.images}
-            )
+            current = _with_refusals(current, chosen, settings)
             store = _store(backend, settings)
             if options.dry_run:
                 result = run_cascade(current, store, chosen, options)
@@ -237,6 +247,11 @@ def _run_cascade(
     code, message = result.verdict()
     if code:
         raise Exit(message, code=code)
+
+
+def _with_refusals(plan: Any, backend: Any, settings: Settings) -> Any:
+    """The plan with what `backend` cannot build here (Dockerfile syntax, secrets): refused up front."""
+    return plan.with_refusals({image.name: backend.refusal(image, settings) for image in plan.images})
 
 
 def _check_secret_ids(plan: Any, sources: dict[str, Any]) -> None:

@@ -157,7 +157,7 @@ def test_cache_mount_chmod_and_secret_through_invoke_and_the_secret_is_nowhere(
     assert files_containing(root, needle) == []
     # The complete build log is written as for the classic builder, the printed value masked.
     log = (root / "reports" / "build-logs" / f"{name}-{image.tag}.log").read_text()
-    assert "Step 4/4 : RUN --mount=type=secret,id=token,required=true" in log
+    assert "Step 5/5 : RUN --mount=type=secret,id=token,required=true" in log
     assert f"the token is {MASK}" in log
     # A rotated secret changes no hash: nothing is rebuilt.
     write_file(secret, f"rotated-{uuid.uuid4().hex}")
@@ -232,7 +232,7 @@ def test_a_required_secret_left_out_stops_only_that_image(
 @pytest.mark.parametrize(
     ("body", "line", "feature"),
     [
-        ("RUN echo ok\nRUN <<EOF\necho hi\nEOF\n", 4, "a heredoc in RUN needs Dockerfile frontend 1.4"),
+        ("RUN echo ok\nRUN <<EOF\necho hi\nEOF\n", 4, "heredoc in RUN needs Dockerfile frontend 1.4"),
         ("COPY --link Dockerfile /d\n", 3, "COPY --link needs Dockerfile frontend 1.4"),
         ("RUN --network=none true\n", 3, "RUN --network needs Dockerfile frontend 1.3"),
     ],
@@ -246,7 +246,7 @@ def test_features_the_engine_frontend_does_not_know_are_refused_before_building(
     assert done.returncode == 2, done.stdout + done.stderr
     dockerfile = root / "images" / name / "Dockerfile"
     refused = [text for text in done.stdout.splitlines() if text.startswith(f"{name}: cannot build: ")]
-    expected = f"{name}: cannot build: {dockerfile}:{line}: {feature} or newer"
+    expected = f"{name}: cannot build: {dockerfile}: line {line}: {feature} or newer"
     assert len(refused) == 1 and refused[0].startswith(expected), done.stdout
     assert "Docker Engine 20.10" in refused[0]
     assert "building" not in done.stdout and "failed to solve" not in done.stdout + done.stderr
@@ -261,12 +261,12 @@ def test_a_syntax_directive_is_refused_and_the_classic_builder_refuses_buildkit_
     dockerfile.write_text("# syntax=docker/dockerfile:1.4\n" + dockerfile.read_text())
     done = invoke(root, "cascade", "--builder", "buildkit")
     assert done.returncode == 2, done.stdout + done.stderr
-    expected = f"{name}: cannot build: {dockerfile}:1: `# syntax=docker/dockerfile:1.4` needs the frontend"
+    expected = f"{name}: cannot build: {dockerfile}: line 1: `# syntax=docker/dockerfile:1.4` needs the"
     assert expected in done.stdout
     dockerfile.write_text(HEAD + "RUN --mount=type=cache,target=/c true\n")
     done = invoke(root, "cascade", "--builder", "classic")
     assert done.returncode == 2, done.stdout + done.stderr
-    expected = f"{name}: cannot build: {dockerfile}:3: RUN --mount=type=cache needs BuildKit, but the classic"
+    expected = f"{name}: cannot build: {dockerfile}: line 3: RUN --mount needs BuildKit, but the classic"
     assert expected in done.stdout
 
 
@@ -296,6 +296,7 @@ def test_refusals_match_what_the_engines_frontend_accepts(
 ) -> None:
     """Docker is the oracle: the engine's frontend rejects exactly what is refused up front."""
     from imagecascade.core.buildkit_syntax import refusal
+    from imagecascade.core.dockerfile import read_dockerfile
 
     support = cli.frontend()
     assert support.frontend == (1, 2)
@@ -316,7 +317,7 @@ def test_refusals_match_what_the_engines_frontend_accepts(
             pytest.fail(f"{snippet!r} failed for another reason: {done.stderr[-500:]}")
         if done.returncode == 0:
             subprocess.run(["docker", "rmi", "-f", done.stdout.strip()], capture_output=True)
-        refused = refusal(folder / "Dockerfile", (folder / "Dockerfile").read_text(), support) is not None
+        refused = refusal(read_dockerfile(folder / "Dockerfile"), support) is not None
         if refused != frontend_error:
             disagreements.append((snippet, refused, done.stderr[-300:]))
     assert disagreements == []

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from imagecascade.core import dockerfile
+from imagecascade.core import buildkit_syntax, dockerfile
 from imagecascade.core.build_checks import credential_files, missing_copy_sources
+from imagecascade.core.buildkit_syntax import FrontendSupport
 from imagecascade.core.declaration import load_image
 from imagecascade.core.plan import compute_plan
 from imagecascade.core.settings import load_settings
@@ -48,7 +49,10 @@ def test_declaration_loads_and_uses_the_base_image_wiring(folder: Path) -> None:
     assert spec.description
     parsed = dockerfile.read_dockerfile(spec.dockerfile)
     assert dockerfile.base_wiring_problem(parsed, spec.target) is None
-    assert dockerfile.buildkit_features(parsed) == []  # the classic builder builds them
+    # They need BuildKit (the secret mounts), and nothing newer than Engine 20.10's own frontend reads.
+    assert {feature.needs for feature in dockerfile.buildkit_features(parsed)} == {"buildkit"}
+    engine_20_10 = FrontendSupport(builder="buildkit", frontend=(1, 2), describe="20.10", remedy="")
+    assert buildkit_syntax.refusal(parsed, engine_20_10) is None
 
 
 def test_every_copy_source_is_sent_and_no_credential_is() -> None:

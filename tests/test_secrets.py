@@ -160,7 +160,7 @@ def test_declared_secrets_and_the_dockerfile_mounts(tmp_path: Path) -> None:
         (
             'secrets = ["pip_conf"]',
             "RUN --mount=type=secret,id=token true",
-            r"Dockerfile:3: mounts secret 'token'",
+            r"Dockerfile: line 3: mounts secret 'token'",
         ),
         ('secrets = "pip_conf"', "RUN true", "secrets must be a list of secret ids"),
         ('secrets = ["a", "a"]', "RUN true", "secrets names 'a' twice"),

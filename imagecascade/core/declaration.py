@@ -187,7 +187,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         raise ConfigError(f"{declaration}: required_build_args must be a list of build arg names")
     if "BASE_IMAGE" in required_build_args:
         raise ConfigError(f"{declaration}: required_build_args: BASE_IMAGE is always set from parent/base")
-    secrets, required_secrets = _secrets(declaration, dockerfile_path, data, text)
+    secrets, required_secrets = _secrets(declaration, data, parsed)
     description = _string(declaration, data, "description") or ""
     for section in ("smoke", "cloudbuild"):
         if section in data and not isinstance(data[section], dict):
@@ -225,18 +225,18 @@ def _id_list(declaration: Path, data: Mapping[str, Any], key: str) -> list[str]:
 
 
 def _secrets(
-    declaration: Path, dockerfile_path: Path, data: Mapping[str, Any], text: str
+    declaration: Path, data: Mapping[str, Any], parsed: dockerfile.Dockerfile
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(declared ids, required ids): every id the Dockerfile mounts must be declared."""
     declared = _id_list(declaration, data, "secrets")
     required = _id_list(declaration, data, "required_secrets")
     declared += [item for item in required if item not in declared]
-    mounts = buildkit_syntax.secret_mounts(buildkit_syntax.parse(text, dockerfile_path))
+    mounts = buildkit_syntax.secret_mounts(parsed)
     for mount in mounts:
         if mount.id not in declared:
             raise ConfigError(
-                f"{dockerfile_path}:{mount.line}: mounts secret {mount.id!r}, which {declaration.name} does "
-                f'not declare (add secrets = ["{mount.id}"])'
+                f"{parsed.source}: line {mount.line}: mounts secret {mount.id!r}, which "
+                f'{declaration.name} does not declare (add secrets = ["{mount.id}"])'
             )
         if mount.required and mount.id not in required:
             required.append(mount.id)

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 from imagecascade.core.backend import BuildError, BuildRequest
 from imagecascade.core.build_log import BuildLog, Stream, shorten
 from imagecascade.core.buildkit_syntax import FrontendSupport
-from imagecascade.core.context import write_context_tar
+from imagecascade.core.context_tar import write_context_tar
 from imagecascade.core.secrets import Redactor
 from imagecascade.core.settings import Settings
 from imagecascade.engines.docker_cli import DockerCli, cli_path, probe

@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from imagecascade.core import buildkit_syntax
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
+from imagecascade.core.build_checks import builder_refusal
 from imagecascade.core.build_log import BuildLog, shorten
-from imagecascade.core.context_tar import write_context_tar
 from imagecascade.core.buildkit_syntax import FrontendSupport
+from imagecascade.core.context_tar import write_context_tar
 from imagecascade.core.plan import PlannedImage
 from imagecascade.core.refusals import Refusal
 from imagecascade.core.secrets import how_to_provide
@@ -65,16 +65,6 @@ def secrets_refusals(image: PlannedImage, settings: Settings, environ: Mapping[s
     return refusals
 
 
-def dockerfile_refusal(image: PlannedImage, support: FrontendSupport) -> Refusal | None:
-    """Why `support` cannot build the image's Dockerfile (file, line, feature, what it needs), or None."""
-    path = image.spec.dockerfile
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        return Refusal(f"{path}: cannot read: {error}", "make the Dockerfile readable")
-    return buildkit_syntax.refusal(path, text, support)
-
-
 class LocalBackend:
     """The classic builder, through the engine's API (docker SDK)."""
 
@@ -91,7 +81,7 @@ class LocalBackend:
 
     def refusal(self, image: PlannedImage, settings: Settings) -> tuple[Refusal, ...]:
         """Why this builder cannot build `image` here: its Dockerfile, its secrets (empty: it can)."""
-        found = dockerfile_refusal(image, self._support)
+        found = builder_refusal(image, self._support)
         return (*((found,) if found else ()), *secrets_refusals(image, settings, self._environ))
 
     @property
