@@ -579,3 +579,15 @@ def test_a_required_secret_without_a_secret_manager_version_is_refused_before_su
     # image.toml's [cloudbuild] secrets table works as well as cascade.toml's.
     assert backend(repo, environ).refusal(planned(repo, "app"), load_settings(repo)) == ()
     assert fake.created == []
+
+
+def test_buildkit_syntax_alone_switches_the_docker_step_to_buildkit(
+    repo: Path, environ: dict[str, str]
+) -> None:
+    dockerfile = repo / "images" / "app" / "Dockerfile"
+    plain, _ = backend(repo, environ).submission(request_for(repo, "app"))
+    assert "DOCKER_BUILDKIT=1" not in list(plain.steps[0].env) and not plain.available_secrets.secret_manager
+    dockerfile.write_text(dockerfile.read_text() + "RUN --mount=type=cache,target=/root/.cache true\n")
+    build, _ = backend(repo, environ).submission(request_for(repo, "app"))
+    assert list(build.steps[0].env) == ["DOCKER_BUILDKIT=1"]
+    assert not build.available_secrets.secret_manager and not list(build.steps[0].secret_env)

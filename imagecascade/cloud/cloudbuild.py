@@ -45,6 +45,7 @@ from imagecascade.core.build_log import BuildLog
 from imagecascade.core.build_options import CloudBuildOptions
 from imagecascade.core.context_tar import plan_packing, write_context_tar
 from imagecascade.core.declaration import ImageSpec
+from imagecascade.core.dockerfile import buildkit_features, read_dockerfile
 from imagecascade.core.plan import PlannedImage
 from imagecascade.core.refusals import Refusal
 from imagecascade.core.settings import Settings
@@ -175,7 +176,8 @@ class CloudBuildBackend:
             )
         options = self._flags.options_for(image.spec.cloudbuild)
         body = {key: value for key, value in config.items() if key != "substitutions"}
-        body = cloudbuild_config.with_secrets(path, body, self.secret_versions(image.spec))
+        buildkit = bool(buildkit_features(read_dockerfile(image.spec.dockerfile)))
+        body = cloudbuild_config.with_secrets(path, body, self.secret_versions(image.spec), buildkit=buildkit)
         try:
             build = cloudbuild_v1.Build.from_json(json.dumps(body))
         except json_format.ParseError as error:

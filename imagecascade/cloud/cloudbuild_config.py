@@ -200,17 +200,20 @@ def secret_env(secret_id: str) -> str:
     return "IMAGECASCADE_SECRET_" + re.sub(r"[^A-Z0-9]+", "_", secret_id.upper())
 
 
-def with_secrets(path: Path, config: Mapping[str, Any], versions: Mapping[str, str]) -> dict[str, Any]:
+def with_secrets(
+    path: Path, config: Mapping[str, Any], versions: Mapping[str, str], *, buildkit: bool = False
+) -> dict[str, Any]:
     """`config` whose docker build steps receive `versions` (secret id → Secret Manager version).
 
     Each secret is listed once in `availableSecrets.secretManager` with its own variable; every
     docker build step names the variables in `secretEnv`, passes `--secret id=ID,env=VAR` and
-    builds with BuildKit (`DOCKER_BUILDKIT=1`). Cloud Build hands the values to the step's
-    environment only, so neither the config, the substitutions nor the build record holds one.
-    Raises ConfigError when the config has no docker build step or two ids share a variable.
+    builds with BuildKit (`DOCKER_BUILDKIT=1`, also set without secrets when `buildkit`: the
+    Dockerfile uses BuildKit syntax). Cloud Build hands the values to the step's environment only,
+    so neither the config, the substitutions nor the build record holds one. Raises ConfigError
+    when the config has no docker build step or two ids share a variable.
     """
     result = dict(config)
-    if not versions:
+    if not versions and not buildkit:
         return result
     names: dict[str, str] = {}
     for secret_id in sorted(versions):
@@ -232,13 +235,19 @@ def with_secrets(path: Path, config: Mapping[str, Any], versions: Mapping[str, s
         found = True
         at = args.index("build") + 1
         step["args"] = [*args[:at], *(f"--secret=id={names[env]},env={env}" for env in names), *args[at:]]
-        step["secretEnv"] = sorted({*(step.get("secretEnv") or []), *names})
+        if names:
+            step["secretEnv"] = sorted({*(step.get("secretEnv") or []), *names})
         env_list = [item for item in step.get("env") or [] if not str(item).startswith("DOCKER_BUILDKIT=")]
         step["env"] = [*env_list, "DOCKER_BUILDKIT=1"]
+    if not found and not versions:
+        return result  # no docker build step to switch to BuildKit: the config builds otherwise
     if not found:
         raise ConfigError(
             f"{path}: no docker build step to pass the secrets {', '.join(sorted(versions))} to"
         )
+    result["steps"] = steps
+    if not names:
+        return result
     available = dict(result.get("availableSecrets") or {})
     listed = [item for item in available.get("secretManager") or [] if item.get("env") not in names]
     available["secretManager"] = listed + [
