@@ -43,7 +43,7 @@ def trainer(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Run ruff, mypy --strict and hadolint on every images/*/Dockerfile."""
+    """Run ruff, mypy --strict and hadolint on every images/*/Dockerfile and standin/*/Dockerfile."""
     session.install("-e", ".[tasks,lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -69,7 +69,7 @@ def smoke(session: nox.Session) -> None:
 def standin(session: nox.Session) -> None:
     """On demand, not CI: arr-ml-stack and arr-trainer built on a stand-in torch parent, smoke-checked."""
     session.install(".[tasks]")
-    session.run("python", "-m", "imagecascade.standin", *session.posargs)
+    run_keeping_exit_code(session, "python", "-m", "imagecascade.standin", *session.posargs)
 
 
 @nox.session
