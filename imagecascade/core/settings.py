@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from imagecascade.core.build_options import check_options, normalised
 from imagecascade.errors import ConfigError
 
 SETTINGS_FILE = "cascade.toml"
@@ -23,6 +24,9 @@ _KNOWN: dict[str, dict[str, tuple[str, type]]] = {
         "project": ("cloudbuild_project", str),
         "region": ("cloudbuild_region", str),
         "bucket": ("cloudbuild_bucket", str),
+        "service_account": ("cloudbuild_service_account", str),
+        "logs_bucket": ("cloudbuild_logs_bucket", str),
+        "logging": ("cloudbuild_logging", str),
     },
 }
 
@@ -37,7 +41,11 @@ class Settings:
     secret_files: SecretFiles = "warn"  # what a sent file that looks like a credential is
     cloudbuild_project: str = ""
     cloudbuild_region: str = "global"
-    cloudbuild_bucket: str = ""
+    cloudbuild_bucket: str = ""  # "" = gcloud's default staging bucket, see default_source_bucket
+    # Defaults for every image's build, overridden by image.toml and flags (see build_options).
+    cloudbuild_service_account: str = ""
+    cloudbuild_logs_bucket: str = ""
+    cloudbuild_logging: str = ""
 
     @property
     def images_dir(self) -> Path:
@@ -51,11 +59,30 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.root / CACHE_DIR
 
-    @property
-    def effective_bucket(self) -> str:
+    def source_bucket(self, region: str) -> tuple[str, bool]:
+        """(bucket for source tarballs, whether it is the default one) for a build in `region`.
+
+        The default is named as gcloud names it (googlecloudsdk/api_lib/cloudbuild/
+        staging_bucket_util.py): the project id with `:` and `.` turned into `_` and `google`
+        into `elgoog` (domain-scoped ids like `example.com:proj` give valid bucket names), then
+        `_cloudbuild`, or `_<region>_cloudbuild` for a regional build, created in that region.
+        """
         if self.cloudbuild_bucket:
-            return self.cloudbuild_bucket
-        return f"{self.cloudbuild_project}_cloudbuild" if self.cloudbuild_project else ""
+            return self.cloudbuild_bucket, False
+        if not self.cloudbuild_project:
+            return "", True
+        safe = self.cloudbuild_project.replace(":", "_").replace(".", "_").replace("google", "elgoog")
+        if region and region != "global":
+            return f"{safe}_{region}_cloudbuild", True
+        return f"{safe}_cloudbuild", True
+
+    def cloudbuild_defaults(self) -> dict[str, str]:
+        """The repository-wide build options of cascade.toml, as CloudBuildOptions fields."""
+        return {
+            "service_account": self.cloudbuild_service_account,
+            "logs_bucket": self.cloudbuild_logs_bucket,
+            "logging": self.cloudbuild_logging,
+        }
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Apply command-line flags; None means the flag was not given."""
@@ -105,4 +132,10 @@ def load_settings(root: Path) -> Settings:
         raise ConfigError(f"{path}: build.jobs must be at least 1")
     if values.get("secret_files", "warn") not in ("warn", "error"):
         raise ConfigError(f'{path}: build.secret_files must be "warn" or "error"')
+    cloud = {
+        "region": values.get("cloudbuild_region", ""),
+        **{key: values.get(f"cloudbuild_{key}", "") for key in ("service_account", "logs_bucket", "logging")},
+    }
+    check_options(cloud, lambda key: f"{path}: cloudbuild.{key}")
+    values.update({f"cloudbuild_{key}": value for key, value in normalised(cloud).items()})
     return Settings(root=root, **values)
