@@ -76,6 +76,12 @@ class Faults:
         with self._lock:
             self._every[kind] = (period, fault if isinstance(fault, Fault) else Fault(status=fault))
 
+    def clear(self, kind: str) -> None:
+        """Stop failing calls of `kind`."""
+        with self._lock:
+            self._queued.pop(kind, None)
+            self._every.pop(kind, None)
+
     def take(self, kind: str) -> Fault | None:
         with self._lock:
             self._calls[kind] = self._calls.get(kind, 0) + 1

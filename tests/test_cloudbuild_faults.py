@@ -318,3 +318,36 @@ def test_a_persistent_failure_to_submit_is_a_backend_error_and_submits_nothing(
         backend(repo, environ, timing=timing).build(request_for(repo, "app"), Recorder(), threading.Event())
     assert fake.created == []
     assert storage.object_names(BUCKET) == []
+
+
+def test_ctrl_c_while_a_lost_create_cannot_be_looked_up_cancels_what_it_created(
+    repo: Path, fake: FakeCloudBuild, environ: dict[str, str]
+) -> None:
+    """The create happened but its answer was lost, and the lookups fail until Ctrl-C: no orphan."""
+    fake.script = [Phase("WORKING", polls=0)]
+    fake.faults.inject("create", LOST)
+    cancelled = threading.Event()
+
+    def ctrl_c_after_three_failed_lookups() -> None:
+        deadline = time.monotonic() + 10
+        while sum(kind == "list" for kind, _ in fake.faults.served) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fake.faults.clear("list")
+        cancelled.set()
+
+    take = fake.faults.take
+
+    def lookups_fail_once_the_create_is_lost(kind: str) -> Fault | None:
+        fault = take(kind)
+        if kind == "create":  # from the first lookup after the lost create on, lists fail
+            fake.faults.every("list", 1, status(503))
+            threading.Thread(target=ctrl_c_after_three_failed_lookups, daemon=True).start()
+        return fault
+
+    fake.faults.take = lookups_fail_once_the_create_is_lost  # type: ignore[method-assign]
+
+    with pytest.raises(BuildError, match="cancelled"):
+        backend(repo, environ).build(request_for(repo, "app"), Recorder(), cancelled)
+
+    (created,) = fake.created
+    assert fake.cancelled == [created.id]

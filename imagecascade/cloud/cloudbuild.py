@@ -144,7 +144,11 @@ class CloudBuildBackend:
                     raise BuildError(f"{image.name}: cancelled before submitting")
                 tag = f"submission-{uuid.uuid4().hex[:16]}"
                 body = submission.with_source(source.bucket, source.name, source.generation, tag)
-                current = api.submit(body, tag, cancelled)
+                try:
+                    current = api.submit(body, tag, cancelled)
+                except Interrupted:
+                    api.withdraw(tag)  # a create whose answer was lost may have made it
+                    raise
                 action = "submitted"
             else:
                 action = "following the ongoing"

@@ -39,6 +39,8 @@ TERMINAL = frozenset({"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCEL
 WAITING = frozenset({"PENDING", "QUEUED"})
 CALL_TIMEOUT = 60.0  # seconds for one HTTP call; a hung connection is then retried
 LIST_PAGE = 50
+_STOPPED = threading.Event()
+_STOPPED.set()  # a stop that is already set: one attempt, no retries
 
 T = TypeVar("T")
 
@@ -219,6 +221,16 @@ class CloudBuildApi:
                     f"Cloud Build refused the build: {describe_error(error.__cause__)}"
                 ) from error
             raise
+
+    def withdraw(self, submission_tag: str) -> None:
+        """Cancel whatever build a submission interrupted mid-way may have created; one try, no
+        retries (the run is stopping), and nothing raised."""
+        try:
+            for build in self._list([submission_tag]):
+                if not build.finished:
+                    self.cancel(build.id, _STOPPED)
+        except Exception:  # best effort: the run is being cancelled anyway
+            return
 
     def get(self, build_id: str, stop: threading.Event | None = None) -> RemoteBuild:
         if self.regional:
