@@ -225,3 +225,17 @@ class Redactor:
 
     def __bool__(self) -> bool:
         return bool(self._needles)
+
+
+# A Secret Manager secret version, as Cloud Build's availableSecrets takes it.
+SECRET_VERSION = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
+
+
+def check_secret_version(secret_id: str, version: object, where: str) -> None:
+    """A `[cloudbuild.secrets]` entry: a secret id mapped to `projects/P/secrets/S/versions/V`."""
+    check_id(secret_id, where)
+    if not isinstance(version, str) or not SECRET_VERSION.match(version):
+        raise ConfigError(
+            f"{where}.{secret_id} must be a Secret Manager version, "
+            f'"projects/PROJECT/secrets/SECRET/versions/VERSION" (VERSION may be latest)'
+        )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from imagecascade.core.secrets import SecretSource, check_id
+from imagecascade.core.build_options import check_options, normalised
+from imagecascade.core.secrets import SecretSource, check_secret_version
 from imagecascade.errors import ConfigError
 
 SETTINGS_FILE = "cascade.toml"
@@ -31,12 +31,13 @@ _KNOWN: dict[str, dict[str, tuple[str, type]]] = {
         "project": ("cloudbuild_project", str),
         "region": ("cloudbuild_region", str),
         "bucket": ("cloudbuild_bucket", str),
+        "service_account": ("cloudbuild_service_account", str),
+        "logs_bucket": ("cloudbuild_logs_bucket", str),
+        "logging": ("cloudbuild_logging", str),
         "secrets": ("cloudbuild_secrets", dict),
     },
 }
 BUILDERS = ("auto", "buildkit", "classic")
-# A Secret Manager secret version, as Cloud Build's availableSecrets takes it.
-SECRET_VERSION = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,11 +50,15 @@ class Settings:
     secret_files: SecretFiles = "warn"  # what a sent file that looks like a credential is
     cloudbuild_project: str = ""
     cloudbuild_region: str = "global"
-    cloudbuild_bucket: str = ""
-    builder: str = "auto"  # auto | buildkit | classic
-    docker_cli: str = ""  # the docker CLI that drives BuildKit; "" = IMAGECASCADE_DOCKER_CLI, else PATH
+    cloudbuild_bucket: str = ""  # "" = gcloud's default staging bucket, see default_source_bucket
+    # Defaults for every image's build, overridden by image.toml and flags (see build_options).
+    cloudbuild_service_account: str = ""
+    cloudbuild_logs_bucket: str = ""
+    cloudbuild_logging: str = ""
     # secret id -> Secret Manager version, for builds on Cloud Build
     cloudbuild_secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    builder: str = "auto"  # auto | buildkit | classic
+    docker_cli: str = ""  # the docker CLI that drives BuildKit; "" = IMAGECASCADE_DOCKER_CLI, else PATH
     # secret id -> where its value lives on this machine (--secret, cascade.local.toml); never committed
     secrets: Mapping[str, SecretSource] = dataclasses.field(default_factory=dict)
 
@@ -69,11 +74,30 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.root / CACHE_DIR
 
-    @property
-    def effective_bucket(self) -> str:
+    def source_bucket(self, region: str) -> tuple[str, bool]:
+        """(bucket for source tarballs, whether it is the default one) for a build in `region`.
+
+        The default is named as gcloud names it (googlecloudsdk/api_lib/cloudbuild/
+        staging_bucket_util.py): the project id with `:` and `.` turned into `_` and `google`
+        into `elgoog` (domain-scoped ids like `example.com:proj` give valid bucket names), then
+        `_cloudbuild`, or `_<region>_cloudbuild` for a regional build, created in that region.
+        """
         if self.cloudbuild_bucket:
-            return self.cloudbuild_bucket
-        return f"{self.cloudbuild_project}_cloudbuild" if self.cloudbuild_project else ""
+            return self.cloudbuild_bucket, False
+        if not self.cloudbuild_project:
+            return "", True
+        safe = self.cloudbuild_project.replace(":", "_").replace(".", "_").replace("google", "elgoog")
+        if region and region != "global":
+            return f"{safe}_{region}_cloudbuild", True
+        return f"{safe}_cloudbuild", True
+
+    def cloudbuild_defaults(self) -> dict[str, str]:
+        """The repository-wide build options of cascade.toml, as CloudBuildOptions fields."""
+        return {
+            "service_account": self.cloudbuild_service_account,
+            "logs_bucket": self.cloudbuild_logs_bucket,
+            "logging": self.cloudbuild_logging,
+        }
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Apply command-line flags; None means the flag was not given."""
@@ -89,16 +113,6 @@ def check_builder(value: str, where: str) -> str:
     if value not in BUILDERS:
         raise ConfigError(f"{where}: unknown builder {value!r} (known: {', '.join(BUILDERS)})")
     return value
-
-
-def check_secret_version(secret_id: str, version: object, where: str) -> None:
-    """A `[cloudbuild.secrets]` entry: a secret id mapped to `projects/P/secrets/S/versions/V`."""
-    check_id(secret_id, where)
-    if not isinstance(version, str) or not SECRET_VERSION.match(version):
-        raise ConfigError(
-            f"{where}.{secret_id} must be a Secret Manager version, "
-            f'"projects/PROJECT/secrets/SECRET/versions/VERSION" (VERSION may be latest)'
-        )
 
 
 def find_root(start: Path) -> Path:
@@ -146,4 +160,10 @@ def load_settings(root: Path) -> Settings:
         check_builder(values["builder"], f"{path}: build.builder")
     for secret_id, version in values.get("cloudbuild_secrets", {}).items():
         check_secret_version(secret_id, version, f"{path}: cloudbuild.secrets")
+    cloud = {
+        "region": values.get("cloudbuild_region", ""),
+        **{key: values.get(f"cloudbuild_{key}", "") for key in ("service_account", "logs_bucket", "logging")},
+    }
+    check_options(cloud, lambda key: f"{path}: cloudbuild.{key}")
+    values.update({f"cloudbuild_{key}": value for key, value in normalised(cloud).items()})
     return Settings(root=root, **values)
