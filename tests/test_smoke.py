@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import RegistryServer, push_as
 from junit_schemas import assert_valid_junit
+from smoke_repo import built, unique, write
 
 from imagecascade.core.checks import parse_smoke_checks
 from imagecascade.core.plan import compute_plan, image_reference
@@ -27,12 +28,16 @@ from imagecascade.smoke.session import SmokeSession
 
 pytestmark = pytest.mark.engine
 
-PARENT, CHILD, BROKEN = "smoke-test-parent", "smoke-test-child", "smoke-test-broken-child"
+PARENT, CHILD, BROKEN = (
+    unique("smoke-test-parent"),
+    unique("smoke-test-child"),
+    unique("smoke-test-broken-child"),
+)
 
 PARENT_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
-LABEL org.opencontainers.image.title="smoke-test-parent"
+LABEL org.opencontainers.image.title="@PARENT@"
 ENV PYTHONUNBUFFERED=1 PYTHONPATH=/opt/smoke
 COPY site /opt/smoke
 COPY smoke-tool /usr/local/bin/smoke-tool
@@ -61,7 +66,7 @@ PYTHONUNBUFFERED = "1"
 CHILD_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
-LABEL org.opencontainers.image.title="smoke-test-child"
+LABEL org.opencontainers.image.title="@CHILD@"
 COPY child.txt /etc/smoke-child.txt
 USER 1000
 WORKDIR /workspace
@@ -69,7 +74,7 @@ ENTRYPOINT ["smoke-tool"]
 CMD ["--help"]
 """
 CHILD_TOML = """\
-parent = "smoke-test-parent"
+parent = "@PARENT@"
 [smoke]
 [[smoke.files]]
 path = "/etc/smoke-child.txt"
@@ -84,11 +89,11 @@ workdir = "/workspace"
 BROKEN_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
-LABEL org.opencontainers.image.title="smoke-test-broken-child"
+LABEL org.opencontainers.image.title="@BROKEN@"
 ENV PYTHONPATH=/opt/override:/opt/smoke
 COPY override /opt/override
 """
-BROKEN_TOML = 'parent = "smoke-test-parent"\n'
+BROKEN_TOML = 'parent = "@PARENT@"\n'
 
 
 def _metadata(version: str) -> str:
@@ -96,9 +101,9 @@ def _metadata(version: str) -> str:
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
+    for marker, name in (("@PARENT@", PARENT), ("@CHILD@", CHILD), ("@BROKEN@", BROKEN)):
+        text = text.replace(marker, name)
+    write(path, text, mode)
 
 
 def write_repo(root: Path, base_image: str) -> Path:
@@ -125,28 +130,8 @@ def write_repo(root: Path, base_image: str) -> Path:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, engine: Engine, base_image: str) -> Iterator[Path]:
     """The test cascade, built at its plan's hash tags."""
-    root = write_repo(tmp_path_factory.mktemp("smoke-repo"), base_image)
-    plan = compute_plan(load_settings(root))
-    built: list[str] = []
-    try:
-        for planned in plan.images:
-            spec = planned.spec
-            parent = image_reference(spec.parent, plan.get(spec.parent).tag, "") if spec.parent else spec.base
-            reference = image_reference(planned.name, planned.tag, "")
-            engine.client.images.build(
-                path=str(spec.context),
-                dockerfile=str(spec.dockerfile),
-                tag=reference,
-                buildargs={"BASE_IMAGE": str(parent)},
-                network_mode="host",
-                rm=True,
-                forcerm=True,
-            )
-            built.append(reference)
+    with built(engine, write_repo(tmp_path_factory.mktemp("smoke-repo"), base_image)) as root:
         yield root
-    finally:
-        for reference in reversed(built):
-            engine.remove_image(reference, force=True)
 
 
 @pytest.fixture
@@ -185,7 +170,7 @@ def test_passing_cascade_with_inherited_checks(repo: Path, engine: Engine, sessi
     assert set(parent) < set(child), "the child runs every check of its parent"
     assert child["import smokedemo"].message == f"{CHILD}: module smokedemo imports"
     assert child["label org.opencontainers.image.title"].message == (
-        f"{CHILD}: label org.opencontainers.image.title is 'smoke-test-child'"
+        f"{CHILD}: label org.opencontainers.image.title is '{CHILD}'"
     )
     assert child["config non_root"].message == f"{CHILD}: runs as uid 1000"
     assert child["config entrypoint"].message == f"{CHILD}: entrypoint is ['smoke-tool']"
@@ -235,7 +220,7 @@ def test_failing_checks_have_precise_messages(repo: Path, engine: Engine, sessio
     assert {result.check: (result.status, result.message) for result in report.results} == {
         "label org.opencontainers.image.title": (
             "fail",
-            f"{PARENT}: label org.opencontainers.image.title is 'smoke-test-parent', expected 'arr-trainer'",
+            f"{PARENT}: label org.opencontainers.image.title is '{PARENT}', expected 'arr-trainer'",
         ),
         "label org.opencontainers.image.version": (
             "fail",

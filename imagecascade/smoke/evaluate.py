@@ -62,7 +62,11 @@ def evaluate(
     steps = Steps(observations, probe_failure)
     if checks.files:
         user = steps.get("user")
-        runs_as = RunsAs.from_probe(user) if user is not None else _root_by_config(config)
+        runs_as = (
+            RunsAs(int(user["uid"]), steps.get("access") or {})
+            if user is not None
+            else _root_by_config(config)
+        )
         unknown_user = "" if runs_as is not None else steps.why_not("user")
         judge_files(checks, files or {}, runs_as, unknown_user, add)
     if observations is None and probe_failure is None:
@@ -146,7 +150,7 @@ def _timed_out_text(step: str, outcome: Mapping[str, Any], budget: float) -> str
 def _root_by_config(config: Mapping[str, Any]) -> RunsAs | None:
     """uid 0 when the image config says so without a probe (no USER, or root / 0)."""
     user = str(config.get("User") or "").split(":")[0]
-    return RunsAs(0, 0, frozenset({0})) if user in ("", "root", "0") else None
+    return RunsAs(0) if user in ("", "root", "0") else None
 
 
 def _expect_match(check: str, value: str | None, pattern: str, add: _Add) -> None:

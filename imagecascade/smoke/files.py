@@ -6,8 +6,7 @@ filesystem itself (the archive API, on a container that is created but never sta
 is seen is what the image holds; symlinks are followed in the container's root as a process in
 it would follow them. When the engine cannot say, the check fails with "cannot tell".
 
-Executable means executable by the user the image runs as: uid 0 needs one x bit anywhere;
-another user needs the owner's, group's or others' bit, whichever class it falls in (POSIX).
+Executable means executable by the user the image runs as (see RunsAs).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from imagecascade.core.checks import FileCheck, SmokeChecks
 from imagecascade.engines.containers import PathError, PathStat
@@ -103,25 +102,15 @@ def _from_error(path: str, message: str, links: tuple[str, ...]) -> FileFact:
 
 @dataclasses.dataclass(frozen=True)
 class RunsAs:
-    """The user the image's processes run as: uid, primary gid and every group id."""
+    """The user the image's processes run as, and which declared files it may execute.
+
+    `may_execute` comes from the probe, which runs as that user: `os.access(path, X_OK)` is the
+    kernel's own answer, folders on the way included. Root is judged by the bits (one x bit is
+    enough), since the probe's root has no capabilities and a default container's has.
+    """
 
     uid: int
-    gid: int
-    groups: frozenset[int]
-
-    @classmethod
-    def from_probe(cls, user: Mapping[str, Any]) -> RunsAs:
-        gid = int(user["gid"])
-        return cls(int(user["uid"]), gid, frozenset(int(group) for group in user.get("groups") or ()) | {gid})
-
-    def may_execute(self, mode: int, owner: tuple[int, int]) -> bool:
-        if self.uid == 0:
-            return bool(mode & 0o111)
-        if owner[0] == self.uid:
-            return bool(mode & 0o100)
-        if owner[1] in self.groups:
-            return bool(mode & 0o010)
-        return bool(mode & 0o001)
+    may_execute: Mapping[str, bool] = dataclasses.field(default_factory=dict)
 
 
 _Add = Callable[[str, Status, str], None]
@@ -166,8 +155,15 @@ def _judge(check: FileCheck, fact: FileFact, runs_as: RunsAs | None, unknown_use
     if runs_as is None:
         add(name, "fail", f"file {check.path}: cannot tell who may execute it: {unknown_user}")
         return
-    allowed = runs_as.may_execute(fact.mode, fact.owner)
     who = "root" if runs_as.uid == 0 else f"uid {runs_as.uid}"
+    allowed = bool(fact.mode & 0o111) if runs_as.uid == 0 else runs_as.may_execute.get(check.path)
+    if allowed is None:
+        add(
+            name,
+            "fail",
+            f"file {check.path}: cannot tell whether {who} may execute it: the probe did not say",
+        )
+        return
     detail = f"mode {fact.mode:04o}, owner {fact.owner[0]}:{fact.owner[1]}"
     if allowed == check.executable:
         verb = "is executable" if allowed else "is not executable"

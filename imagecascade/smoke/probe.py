@@ -238,21 +238,13 @@ def _matmul(torch: Any) -> dict[str, Any]:
         return {"ok": False, "error": _error_text(error)}
 
 
-def steps(spec: dict[str, Any]) -> list[str]:
-    """The steps the spec asks for, in the order the worker takes them; each names its check."""
-    names = ["user", "env"]
-    names += [f"import {module}" for module in spec.get("imports", [])]
-    names += [f"version {name}" for name in spec.get("versions", [])]
-    names += ["pip check"] if spec.get("pip_check") else []
-    names += [f"command {command['name']}" for command in spec.get("commands", [])]
-    names += ["torch"] if spec.get("torch") else []
-    return names
-
-
 def work(spec: dict[str, Any], events: _Events) -> None:
     """The worker: every observation the spec asks for, each sent as soon as it is made."""
     events.start("user")
     events.done("user", observe_user())
+    if spec.get("access"):
+        events.start("access")
+        events.done("access", {path: os.access(path, os.X_OK) for path in spec["access"]})
     events.start("env")
     events.done("env", {name: os.environ.get(name) for name in spec.get("env", [])})
     for module in spec.get("imports", []):

@@ -110,6 +110,8 @@ def probe_spec(checks: SmokeChecks, *, gpu: bool) -> dict[str, Any]:
             if gpu or not command.gpu
         ],
         "env": sorted(checks.env),
+        # Executable by the image's user: asked of the kernel as that user (smoke/files.py).
+        "access": [file.path for file in checks.files if file.executable is not None],
         # GPU-only CUDA checks are skipped without a GPU: no need to pay for importing torch.
         "torch": checks.cuda.declared and (gpu or checks.cuda.declared_without_gpu),
         "gpu": gpu,
