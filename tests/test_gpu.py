@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagecascade.engines.gpu import GpuAccess, gpu_access_from_info, gpu_access_from_trial
+from imagecascade.engines.gpu import GpuAccess, gpu_access, gpu_access_from_info, gpu_access_from_trial
 
 INFO = Path(__file__).parent / "data" / "docker-info"
 
@@ -92,9 +92,9 @@ def test_this_engine_offers_no_gpu(engine: object, base_image: str) -> None:
     from imagecascade.engines.engine import Engine
 
     assert isinstance(engine, Engine)
-    assert gpu_access_from_info(engine.client.info()) is None
+    assert gpu_access_from_info(engine.info()) is None
     labels = {"imagecascade.test": f"gpu-{uuid.uuid4().hex[:10]}"}
-    access = engine.gpu_access(base_image, labels)
+    access = gpu_access(engine, base_image, labels)
     assert access == GpuAccess(
         via=None, detail="no NVIDIA runtime, CDI GPU device or GPU device driver in the engine"
     )

@@ -6,6 +6,7 @@ fails these tests instead of skipping them.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tomllib
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from imagecascade.core.plan import compute_plan, image_reference
 from imagecascade.core.settings import load_settings
 from imagecascade.engines.engine import Engine
 from imagecascade.errors import BackendError, NotBuilt
+from imagecascade.rendering.smoke_table import human_size
 from imagecascade.smoke.__main__ import main
 from imagecascade.smoke.results import CheckResult, ImageReport
 from imagecascade.smoke.runner import SmokeTarget, find_targets, run_smoke, smoke_image
@@ -33,6 +35,7 @@ PARENT, CHILD, BROKEN = (
     unique("smoke-test-child"),
     unique("smoke-test-broken-child"),
 )
+BARE, COLOUR = unique("smoke-test-bare"), unique("smoke-test-colour")
 
 PARENT_DOCKERFILE = """\
 ARG BASE_IMAGE
@@ -94,6 +97,18 @@ ENV PYTHONPATH=/opt/override:/opt/smoke
 COPY override /opt/override
 """
 BROKEN_TOML = 'parent = "@PARENT@"\n'
+LEAF_DOCKERFILE = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
+# Declares nothing: the parent's checks are not inherited.
+BARE_TOML = 'parent = "@PARENT@"\n[smoke]\ninherit = false\n'
+# A failing command that prints a coloured error line, as many tools do.
+COLOUR_TOML = """\
+parent = "@PARENT@"
+[smoke]
+inherit = false
+[[smoke.commands]]
+name = "coloured-error"
+run = ["sh", "-c", "printf '\\\\033[1;31merror:\\\\033[0m it broke\\\\n'; exit 3"]
+"""
 
 
 def _metadata(version: str) -> str:
@@ -124,6 +139,9 @@ def write_repo(root: Path, base_image: str) -> Path:
     _write(broken / "image.toml", BROKEN_TOML)
     _write(broken / "override" / "smokedemo" / "__init__.py", "VERSION = '0.1.0'\n")
     _write(broken / "override" / "smokedemo-0.1.0.dist-info" / "METADATA", _metadata("0.1.0"))
+    for name, declaration in ((BARE, BARE_TOML), (COLOUR, COLOUR_TOML)):
+        _write(root / "images" / name / "Dockerfile", LEAF_DOCKERFILE)
+        _write(root / "images" / name / "image.toml", declaration)
     return root
 
 
@@ -377,7 +395,7 @@ def test_not_built_names_invoke_cascade(repo: Path, engine: Engine, tmp_path: Pa
 
 
 def test_main_writes_junit_and_exits_non_zero_on_failure(
-    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    repo: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(repo)
     assert main([PARENT, CHILD]) == 0
@@ -392,9 +410,21 @@ def test_main_writes_junit_and_exits_non_zero_on_failure(
     failure = broken.find("testcase[@name='version smokedemo']/failure")
     assert failure is not None
     assert failure.get("message") == f"{BROKEN}: smokedemo 0.1.0 does not satisfy ==1.2.3"
+    coloured = suites.find(f"testsuite[@name='{COLOUR}']/testcase[@name='command coloured-error']/failure")
+    assert coloured is not None
+    assert coloured.get("message") == f"{COLOUR}: command coloured-error exited 3: error: it broke"
+    bare = suites.find(f"testsuite[@name='{BARE}']/testcase[@name='no checks']/skipped")
+    assert bare is not None
+    assert b"\x1b" not in junit.read_bytes()
     shown = capsys.readouterr().err
     assert "smokedemo 0.1.0 does not satisfy ==1.2.3" in shown
+    assert f"{COLOUR}: command coloured-error exited 3: error: it broke" in shown
+    assert f"warning: {BARE}: declares no smoke checks: nothing was verified" in shown
     assert "\x1b" not in shown, "not a terminal: not one escape sequence"
+    parent_size = human_size(engine.inspect_image(reference_of(repo, PARENT)).size)
+    assert re.search(rf"{PARENT} +│ {re.escape(parent_size)} ", shown), "the table shows each image's size"
+    assert main(["--strict", BARE]) == 1
+    assert f"{BARE}: declares no smoke checks (--strict)" in capsys.readouterr().err
     assert main(["no-such-image"]) == 2
     assert "unknown image no-such-image" in capsys.readouterr().err
 

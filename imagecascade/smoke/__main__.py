@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagecascade.errors import CascadeError
+from imagecascade.errors import INTERRUPTED, CascadeError
 from imagecascade.signals import interrupt_name, termination_as_interrupt
 from imagecascade.smoke.runner import NO_CHECKS, SmokeEvent, SmokeTarget, find_targets, run_smoke
 
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, console)
         except KeyboardInterrupt as interrupt:
             console.print(f"interrupted by {interrupt_name(interrupt)}: nothing was checked")
-            return 130
+            return INTERRUPTED
 
 
 def _run(args: argparse.Namespace, console: Any) -> int:
@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
                     f"interrupted by {name}: the running check's container was removed; "
                     f"JUnit report (finished images only): {junit_path}"
                 )
-                return 130
+                return INTERRUPTED
         finally:
             engine.close()
     except CascadeError as error:
