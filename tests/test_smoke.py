@@ -427,6 +427,12 @@ def test_main_writes_junit_and_exits_non_zero_on_failure(
     assert f"{BARE}: declares no smoke checks (--strict)" in capsys.readouterr().err
     assert main(["no-such-image"]) == 2
     assert "unknown image no-such-image" in capsys.readouterr().err
+    (repo / "not-a-folder").write_text("")
+    assert main(["--junit", str(repo / "not-a-folder" / "junit.xml"), BARE]) == 2
+    assert (
+        f"error: cannot write the JUnit report {repo / 'not-a-folder' / 'junit.xml'}: "
+        in capsys.readouterr().err
+    )
 
 
 def test_registry_images_are_pulled_and_registry_errors_are_not_missing(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagecascade.errors import INTERRUPTED, CascadeError
+from imagecascade.errors import INTERRUPTED, CascadeError, ConfigError
 from imagecascade.signals import interrupt_name, termination_as_interrupt
 from imagecascade.smoke.runner import NO_CHECKS, SmokeEvent, SmokeTarget, find_targets, run_smoke
 
@@ -55,7 +55,6 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     from imagecascade.core.settings import find_root, load_settings
     from imagecascade.engines.engine import Engine
     from imagecascade.rendering.smoke_table import error_line, render_reports
-    from imagecascade.smoke.junit import write_junit
     from imagecascade.smoke.session import SmokeSession
 
     reports: list[ImageReport] = []
@@ -98,11 +97,11 @@ def _run(args: argparse.Namespace, console: Any) -> int:
                 stopped = (
                     (running[0].name, f"stopped by {name} before its checks finished") if running else None
                 )
-                write_junit(reports, junit_path, interrupted=stopped)
                 render_reports(console, reports)
+                written = _write_report(console, reports, junit_path, interrupted=stopped)
                 console.print(
-                    f"interrupted by {name}: the running check's container was removed; "
-                    f"JUnit report (finished images only): {junit_path}"
+                    f"interrupted by {name}: the running check's container was removed"
+                    + (f"; JUnit report (finished images only): {junit_path}" if written else "")
                 )
                 return INTERRUPTED
         finally:
@@ -110,10 +109,26 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     except CascadeError as error:
         console.print(error_line(str(error)))
         return error.exit_code
-    write_junit(reports, junit_path)
     render_reports(console, reports)
+    if not _write_report(console, reports, junit_path):
+        return ConfigError.exit_code
     console.print(f"JUnit report: {junit_path}")
     return 1 if any(report.failed for report in reports) else 0
+
+
+def _write_report(
+    console: Any, reports: list[ImageReport], path: Path, *, interrupted: tuple[str, str] | None = None
+) -> bool:
+    """Write the JUnit file; one error line (no traceback) when the path cannot be written."""
+    from imagecascade.rendering.smoke_table import error_line
+    from imagecascade.smoke.junit import write_junit
+
+    try:
+        write_junit(reports, path, interrupted=interrupted)
+    except OSError as error:
+        console.print(error_line(f"cannot write the JUnit report {path}: {error.strerror or error}"))
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ class Steps:
         self.observed: Mapping[str, Any] = (report or {}).get("steps") or {}
         self.outcome: Mapping[str, Any] = (report or {}).get("outcome") or {"kind": "complete"}
         self.budget = float((report or {}).get("budget") or 0)
+        self.worker_error = (report or {}).get("worker_error")
         self.failure = failure
 
     def get(self, step: str) -> Any:
@@ -120,6 +121,8 @@ class Steps:
             return f"not run: timeout_seconds ({self.budget:g} s) ran out during {_step_text(during)}"
         if kind == "crashed":
             how = self.outcome.get("signal") or f"exit status {self.outcome.get('exit_code')}"
+            if self.worker_error:
+                how += f": {self.worker_error}"
             if during == step:
                 return f"{_step_text(step)} crashed the probe ({how})"
             return f"not run: the probe crashed ({how}) during {_step_text(during)}"

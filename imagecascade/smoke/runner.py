@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from imagecascade.engines.engine import ImageInfo
 
 STARTUP_ALLOWANCE_SECONDS = 30
+# Reading many files through the engine, a slow engine: time a live run may need beyond its limits.
+LEFTOVER_GRACE_SECONDS = 600
 # The probe's report is small (excerpts, not whole outputs); more than this is not read.
 REPORT_LIMIT_BYTES = 8 * 1024 * 1024
 STDERR_TAIL_BYTES = 64 * 1024
@@ -162,7 +164,8 @@ def smoke_image(
         files: dict[str, FileFact] = {}
         if checks.files or needs_probe(checks):
             run_probe = needs_probe(checks)
-            deadline = time.time() + checks.timeout + STARTUP_ALLOWANCE_SECONDS
+            # When another run of this checkout may take it for a leftover: well after this run's own limit.
+            deadline = time.time() + checks.timeout + STARTUP_ALLOWANCE_SECONDS + LEFTOVER_GRACE_SECONDS
             container = engine.create_container(
                 target.reference,
                 entrypoint=[checks.interpreter],
