@@ -17,18 +17,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from imagecascade.core.checks import SmokeChecks, effective_checks
-from imagecascade.engines.containers import ContainerSummary, PathStat
-from imagecascade.engines.gpu import GpuAccess, gpu_access
+from imagecascade.engines.gpu import GpuAccess, TrialEngine, gpu_access
 from imagecascade.errors import ConfigError, NotBuilt
 from imagecascade.smoke import probe
 from imagecascade.smoke.evaluate import evaluate
-from imagecascade.smoke.files import FileFact, observe_files
+from imagecascade.smoke.files import FileEngine, FileFact, observe_files
 from imagecascade.smoke.results import CheckResult, ImageReport
-from imagecascade.smoke.session import SmokeSession, remove_leftovers
+from imagecascade.smoke.session import ContainerEngine, SmokeSession, remove_leftovers
 
 if TYPE_CHECKING:
     from imagecascade.core.settings import Settings
@@ -62,36 +61,16 @@ class SmokeEvent:
     removed: tuple[str, ...] = ()
 
 
-class SmokeEngine(Protocol):
+class SmokeEngine(TrialEngine, FileEngine, ContainerEngine, Protocol):
+    """The engine verbs a smoke run uses (`engines/engine.py` has them all)."""
+
     def inspect_image(self, reference: str) -> ImageInfo | None: ...
-
-    def create_container(
-        self,
-        reference: str,
-        *,
-        entrypoint: Sequence[str],
-        command: Sequence[str],
-        labels: Mapping[str, str],
-        gpus: GpuAccess | None = None,
-    ) -> str: ...
-
-    def start_container(self, container_id: str) -> str | None: ...
 
     def wait_container(self, container_id: str, timeout_seconds: float) -> int | None: ...
 
     def container_output(
         self, container_id: str, *, stdout_limit: int, stderr_limit: int
     ) -> tuple[str, str]: ...
-
-    def remove_container(self, container_id: str) -> None: ...
-
-    def list_containers(self, labels: Mapping[str, str]) -> list[ContainerSummary]: ...
-
-    def stat_path(self, container_id: str, path: str) -> PathStat | None: ...
-
-    def path_owner(self, container_id: str, path: str) -> tuple[int, int]: ...
-
-    def info(self) -> dict[str, Any]: ...
 
 
 def probe_spec(checks: SmokeChecks, *, gpu: bool) -> dict[str, Any]:
