@@ -140,14 +140,16 @@ def _step_text(step: str | None) -> str:
 
 
 def _timed_out_text(step: str, outcome: Mapping[str, Any], budget: float) -> str:
+    """`import of skboom timed out after 5 s`; when earlier steps took a second or more of the
+    image's `timeout_seconds`, how long this one had and where the rest went."""
     started = float(outcome.get("at") or 0)
+    if started < 1:
+        return f"{_step_text(step)} timed out after {budget:g} s"
     ran = max(budget - started, 0)
-    text = f"{_step_text(step)} timed out after {ran:.0f} s" if ran >= 1 else f"{_step_text(step)} timed out"
-    if started >= 0.5:
-        text += (
-            f" (timeout_seconds is {budget:g} s for all in-container checks; {started:.1f} s went before it)"
-        )
-    return text
+    return (
+        f"{_step_text(step)} timed out after {ran:.1f} s (timeout_seconds is {budget:g} s for all "
+        f"in-container checks; {started:.1f} s went to the checks before it)"
+    )
 
 
 def _root_by_config(config: Mapping[str, Any]) -> RunsAs | None:
