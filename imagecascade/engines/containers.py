@@ -11,7 +11,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterator
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,3 +112,11 @@ _HOST_ROOT = re.compile(r"/\S*?/merged(?=/)")
 
 def clean_engine_path(message: str) -> str:
     return _HOST_ROOT.sub("", message)
+
+
+def engine_message(response: Any) -> str:
+    """The `message` of an engine's JSON error answer (a requests response), else its text."""
+    try:
+        return str(json.loads(response.content).get("message", ""))
+    except (ValueError, AttributeError):
+        return str(response.text[:500])

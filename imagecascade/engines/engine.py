@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import datetime
 import http.client
-import json
 import re
 import socket
 import tarfile
@@ -32,6 +31,7 @@ from imagecascade.engines.containers import (
     PathError,
     PathStat,
     clean_engine_path,
+    engine_message,
     path_stat_from_archive,
     read_head,
     read_tail,
@@ -163,7 +163,7 @@ class Engine:
                         network_mode="none",
                         cap_drop=["ALL"],
                         security_opt=["no-new-privileges"],
-                        device_requests=_device_requests(gpus),
+                        device_requests=None if gpus is None else [gpus.device_request()],
                         log_config=log,
                     ),
                 )["Id"]
@@ -231,7 +231,9 @@ class Engine:
                 return path_stat_from_archive(header)
         # A HEAD answer has no body; the same GET says whether the path or the container is missing.
         with self._archive(container_id, path, "GET") as response:
-            message = clean_engine_path(_message(response)) or f"the engine answered {response.status_code}"
+            message = (
+                clean_engine_path(engine_message(response)) or f"the engine answered {response.status_code}"
+            )
         if response.status_code == 404 and "could not find the file" in message.lower():
             return None
         raise PathError(message)
@@ -240,7 +242,7 @@ class Engine:
         """(uid, gid) owning `path`, from the header of the engine's tar of it (the body is not read)."""
         with self._archive(container_id, path, "GET") as response:
             if response.status_code != 200:
-                raise PathError(clean_engine_path(_message(response)))
+                raise PathError(clean_engine_path(engine_message(response)))
             response.raw.decode_content = True  # the engine may gzip the tar
             try:
                 with tarfile.open(fileobj=response.raw, mode="r|") as archive:
@@ -487,21 +489,6 @@ def _engine_errors(what: str) -> Iterator[None]:
         yield
     except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
         raise BackendError(f"Docker Engine: {what}: {error}") from error
-
-
-def _device_requests(gpus: GpuAccess | None) -> list[docker.types.DeviceRequest] | None:
-    if gpus is None:
-        return None
-    if gpus.driver == "cdi":
-        return [docker.types.DeviceRequest(driver="cdi", device_ids=list(gpus.device_ids))]
-    return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-
-
-def _message(response: Any) -> str:
-    try:
-        return str(json.loads(response.content).get("message", ""))
-    except (ValueError, AttributeError):
-        return str(response.text[:500])
 
 
 def split_reference(reference: str) -> tuple[str, str]:

@@ -44,6 +44,12 @@ class GpuAccess:
     def available(self) -> bool:
         return self.via is not None
 
+    def device_request(self) -> dict[str, Any]:
+        """The container's device request (the docker SDK's DeviceRequest keywords)."""
+        if self.driver == "cdi":
+            return {"driver": "cdi", "device_ids": list(self.device_ids)}
+        return {"count": -1, "capabilities": [["gpu"]]}  # `--gpus all`
+
 
 def gpu_access_from_info(info: Mapping[str, Any]) -> GpuAccess | None:
     """What `docker info` alone says; None when it cannot tell (then only a trial start can).
