@@ -107,3 +107,67 @@ def test_this_engine_offers_no_gpu(engine: object, base_image: str) -> None:
         assert gpu_access_from_trial(engine.start_container(container)).available
     finally:
         engine.remove_container(container)
+
+
+def test_device_requests_as_docker_sends_them() -> None:
+    import docker.types
+
+    cdi = gpu_access_from_info(info("docker-28.3-cdi-nvidia.json"))
+    runtime = gpu_access_from_info(info("docker-20.10-nvidia-runtime.json"))
+    assert cdi is not None and runtime is not None
+    # `docker run --device nvidia.com/gpu=all` and `docker run --gpus all`, as the engine receives them.
+    assert docker.types.DeviceRequest(**cdi.device_request()) == {
+        "Driver": "cdi",
+        "Count": 0,
+        "DeviceIDs": ["nvidia.com/gpu=all"],
+        "Capabilities": [],
+        "Options": {},
+    }
+    assert docker.types.DeviceRequest(**runtime.device_request()) == {
+        "Driver": "",
+        "Count": -1,
+        "DeviceIDs": [],
+        "Capabilities": [["gpu"]],
+        "Options": {},
+    }
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize(
+    ("cli", "name"),
+    [
+        (["--gpus", "all"], "docker-20.10-nvidia-runtime.json"),
+        (["--device", "nvidia.com/gpu=all"], "docker-28.3-cdi-nvidia.json"),
+    ],
+)
+def test_requests_match_the_docker_cli(engine: object, base_image: str, cli: list[str], name: str) -> None:
+    """The docker CLI is the oracle: its container and ours carry the same device request."""
+    import subprocess
+
+    from imagecascade.engines.engine import Engine
+
+    assert isinstance(engine, Engine)
+    access = gpu_access_from_info(info(name))
+    assert access is not None
+    labels = {"imagecascade.test": f"gpu-{uuid.uuid4().hex[:10]}"}
+    label = "=".join(next(iter(labels.items())))
+    theirs = subprocess.run(
+        ["docker", "create", "--label", label, "--network", "none", *cli, base_image, "true"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    ours = engine.create_container(base_image, entrypoint=["true"], command=[], labels=labels, gpus=access)
+    try:
+        requests = [
+            {
+                key: value or None
+                for key, value in engine.client.api.inspect_container(container)["HostConfig"][
+                    "DeviceRequests"
+                ][0].items()
+            }
+            for container in (theirs, ours)
+        ]
+        assert requests[0] == requests[1]
+    finally:
+        for container in (theirs, ours):
+            engine.remove_container(container)
+    assert engine.list_containers(labels) == []
