@@ -10,19 +10,20 @@ from imagecascade.smoke.results import ImageReport, plain_text
 
 
 def smoke_console() -> Any:
-    """A console on stderr: colours on a terminal; not one escape sequence anywhere else.
-
-    CI logs are not terminals: the table gets room instead of rich's default 80 columns.
-    """
+    """A console on stderr: colours only on a terminal, never one escape sequence elsewhere;
+    unwrapped in pipes and CI logs (`terminal.plain_output`), like the tasks' output."""
     from rich.console import Console
+
+    from imagecascade.rendering.terminal import UNWRAPPED_WIDTH, plain_output
 
     terminal = sys.stderr.isatty()
     return Console(
         stderr=True,
-        width=None if terminal else 160,
+        width=UNWRAPPED_WIDTH if plain_output(terminal) else None,
         color_system="auto" if terminal else None,
         force_terminal=terminal,
         highlight=False,
+        soft_wrap=False,
     )
 
 
