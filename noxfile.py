@@ -60,8 +60,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def smoke(session: nox.Session) -> None:
-    """Verify the built images inside containers: `-- [--registry REF] [--require-gpu] [IMAGE ...]`."""
-    session.install(".", "docker", "rich")
+    """Verify the built images: `-- [--registry REF] [--require-gpu] [--strict] [--junit P] [IMAGE ...]`."""
+    session.install(".[smoke]")
     run_keeping_exit_code(session, "python", "-m", "imagecascade.smoke", *session.posargs)
 
 

@@ -40,6 +40,7 @@ from imagecascade.core.settings import load_settings
 from imagecascade.errors import BackendError, ConfigError
 from imagecascade.smoke.results import ImageReport
 from imagecascade.smoke.runner import find_targets, run_smoke
+from imagecascade.smoke.session import SmokeSession
 
 if TYPE_CHECKING:
     from imagecascade.engines.engine import Engine
@@ -220,7 +221,7 @@ def run_session(
     built = [item.name for item in result.results if item.outcome in ("built", "present")]
     if built:
         stage(f"smoke checks: {', '.join(built)}")
-        reports = run_smoke(engine, find_targets(settings, engine, built))
+        reports = run_smoke(engine, find_targets(settings, engine, built), SmokeSession.for_repository(repo))
     notes = [PYTHON_NOTE]
     return StandinResult(
         base_seconds=base_seconds,
