@@ -43,22 +43,33 @@ def trainer(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Run ruff, mypy --strict and hadolint on every images/*/Dockerfile."""
+    """Run ruff, mypy --strict and hadolint on every images/*/Dockerfile and standin/*/Dockerfile."""
     session.install("-e", ".[tasks,lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     typed = ["imagecascade", *(name for name in ("tasks.py", "noxfile.py") if (ROOT / name).is_file())]
     session.run("mypy", "--strict", *typed)
-    dockerfiles = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("images/*/Dockerfile"))
+    dockerfiles = sorted(
+        str(path.relative_to(ROOT))
+        for pattern in ("images/*/Dockerfile", "standin/*/Dockerfile")
+        for path in ROOT.glob(pattern)
+    )
     if dockerfiles:
         session.run("hadolint", *dockerfiles)
 
 
 @nox.session
 def smoke(session: nox.Session) -> None:
-    """Verify the built images inside containers: `-- [--registry REF] [--require-gpu] [IMAGE ...]`."""
-    session.install(".", "docker", "rich")
+    """Verify the built images: `-- [--registry REF] [--require-gpu] [--strict] [--junit P] [IMAGE ...]`."""
+    session.install(".[smoke]")
     run_keeping_exit_code(session, "python", "-m", "imagecascade.smoke", *session.posargs)
+
+
+@nox.session
+def standin(session: nox.Session) -> None:
+    """On demand, not CI: arr-ml-stack and arr-trainer built on a stand-in torch parent, smoke-checked."""
+    session.install(".[tasks]")
+    run_keeping_exit_code(session, "python", "-m", "imagecascade.standin", *session.posargs)
 
 
 @nox.session

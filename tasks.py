@@ -15,7 +15,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
 from imagecascade.core.settings import Settings, find_root, load_settings
-from imagecascade.errors import INTERRUPTED, BackendError, CascadeError
+from imagecascade.errors import INTERRUPTED, BackendError, CascadeError, ConfigError
 from imagecascade.signals import interrupt_name, quiet_broken_pipe, termination_as_interrupt
 
 
@@ -35,6 +35,9 @@ def _pipe_safe(body: Callable[..., None]) -> Callable[..., None]:
             body(*args, **kwargs)
 
     return run
+
+
+BACKENDS = ("local", "cloudbuild")
 
 
 def _fail(error: CascadeError) -> Exit:
@@ -73,17 +76,37 @@ def hashes(c: Context, write: bool = False, check: bool = False) -> None:
         "json": "print the plan as JSON for scripts and CI",
         "registry": "look images up in this registry instead of the configured one",
         "offline": "do not ask the engine or registry whether images are built",
+        "backend": "show where missing images would be built with this backend: local (default), cloudbuild",
+        "project": "the Cloud Build project images that require Cloud Build would use",
+        "builder": "the local builder whose refusals to show: auto, buildkit or classic "
+        "(default: [build] builder, else auto)",
     }
 )
 @_pipe_safe
-def plan(c: Context, json_: bool = False, registry: str | None = None, offline: bool = False) -> None:
-    """Show every image's hash, lock state, build state and why it is stale."""
+def plan(
+    c: Context,
+    json_: bool = False,
+    registry: str | None = None,
+    offline: bool = False,
+    backend: str = "local",
+    project: str | None = None,
+    builder: str | None = None,
+) -> None:
+    """Show every image's hash, lock state, build state, where it would be built and why it is stale."""
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.plan import compute_plan, plan_document
+    from imagecascade.core.secrets import load_local_secrets
 
+    if backend not in BACKENDS:
+        raise Exit(
+            f"error: --backend: unknown backend {backend!r} (available: {', '.join(BACKENDS)})", code=2
+        )
     try:
-        current = compute_plan(_settings(registry=registry))
+        settings = _settings(registry=registry, builder=builder, cloudbuild_project=project)
+        settings = settings.with_overrides(secrets=load_local_secrets(settings.root))
+        current = _placed(compute_plan(settings), backend)
         warnings = check_before_build(current)
+        current = _plan_refusals(current, backend, settings)
     except CascadeError as error:
         raise _fail(error) from error
     _warn(warnings)
@@ -94,14 +117,14 @@ def plan(c: Context, json_: bool = False, registry: str | None = None, offline: 
     else:
         states = look_up_build_states(current, lambda: open_store(current.settings.registry))
     if json_:
-        document = plan_document(current, states.states)
+        document = plan_document(current, states.states, backend)
         document["build_state_error"] = states.problem
         print(json.dumps(document, indent=2))
         return
     from imagecascade.rendering.terminal import console, plan_table
 
     out = console()
-    out.print(plan_table(current, states.states))
+    out.print(plan_table(current, states.states, backend))
     if states.problem:
         out.print(f"build state unknown: {states.problem}", markup=False, soft_wrap=True)
     for name in current.removed:
@@ -128,23 +151,42 @@ def graph(c: Context, format: str = "tree") -> None:
 
 # Invoke reads `--json` as the `json_` parameter.
 plan.help["json"] = plan.help.pop("json")
-BACKENDS = ("local", "cloudbuild")
 
 
-def _backend(name: str, settings: Settings, cloud: dict[str, Any] | None = None) -> Any:
-    if name == "local":
-        from imagecascade.engines.local_backend import LocalBackend
+def _placed(current: Any, backend: str) -> Any:
+    """The plan with each image refused that must go to Cloud Build where this run cannot send it."""
+    from imagecascade.core.placement import placement_refusals
 
-        return LocalBackend()
-    if name == "cloudbuild":
+    return current.with_refusals(placement_refusals(current, backend))
+
+
+def _backend(name: str, settings: Settings, current: Any, cloud: dict[str, Any] | None = None) -> Any:
+    """The backend of the run; with `local`, images that require Cloud Build are sent there."""
+    if name not in BACKENDS:
+        raise Exit(
+            f"error: --backend: unknown or unavailable backend {name!r} (available: {', '.join(BACKENDS)})",
+            code=2,
+        )
+    from imagecascade.core.build_options import CloudBuildFlags
+
+    flags = CloudBuildFlags(**(cloud or {}))
+    flags.check()
+
+    def cloudbuild() -> Any:
         from imagecascade.cloud.cloudbuild import CloudBuildBackend
-        from imagecascade.cloud.cloudbuild_api import CloudBuildFlags
 
-        return CloudBuildBackend(settings, CloudBuildFlags(**(cloud or {})))
-    raise Exit(
-        f"error: --backend: unknown or unavailable backend {name!r} (available: {', '.join(BACKENDS)})",
-        code=2,
-    )
+        return CloudBuildBackend(settings, flags)
+
+    if name == "cloudbuild":
+        return cloudbuild()
+    from imagecascade.engines.buildkit import choose_local_builder
+
+    local = choose_local_builder(settings)
+    if not any(image.spec.cloudbuild.required for image in current.images):
+        return local
+    from imagecascade.cloud.placement import PlacedBackend
+
+    return PlacedBackend(settings, local, cloudbuild)
 
 
 def _store(backend: str, settings: Settings) -> Any:
@@ -165,6 +207,8 @@ def _run_cascade(
     backend: str,
     cloud_settings: dict[str, Any] | None = None,
     cloud: dict[str, Any] | None = None,
+    builder: str | None = None,
+    secret: list[str] | None = None,
 ) -> None:
     """Plan, build what is missing, render progress and the summary, map the outcome to an exit code."""
     import dataclasses
@@ -172,6 +216,7 @@ def _run_cascade(
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.cascade import run_cascade, selection
     from imagecascade.core.plan import compute_plan
+    from imagecascade.core.secrets import load_local_secrets, parse_secret_flags
     from imagecascade.rendering.terminal import (
         CascadeReporter,
         console,
@@ -182,14 +227,20 @@ def _run_cascade(
         summary_table,
     )
 
-    settings = _settings(registry=registry, jobs=jobs, **(cloud_settings or {}))
+    settings = _settings(registry=registry, jobs=jobs, builder=builder, **(cloud_settings or {}))
     options = dataclasses.replace(options, jobs=settings.jobs)
     out = console()
     try:
         with termination_as_interrupt():
-            current = compute_plan(settings)
+            sources = {**load_local_secrets(settings.root), **parse_secret_flags(secret or [], Path.cwd())}
+            settings = settings.with_overrides(secrets=sources)
+            current = _placed(compute_plan(settings), backend)
             _warn(check_before_build(current, selection(current, options)))
-            chosen = _backend(backend, settings, cloud)
+            _check_secret_ids(current, sources)
+            chosen = _backend(backend, settings, current, cloud)
+            if getattr(chosen, "description", ""):
+                print(f"builder: {chosen.description}", flush=True)
+            current = _with_refusals(current, chosen, settings)
             store = _store(backend, settings)
             if options.dry_run:
                 result = run_cascade(current, store, chosen, options)
@@ -227,6 +278,41 @@ def _run_cascade(
         raise Exit(message, code=code)
 
 
+def _plan_refusals(current: Any, backend: str, settings: Settings) -> Any:
+    """For `invoke plan`: what stops each image where it would be built (the local builder's
+    Dockerfile and secret reasons, or Cloud Build's secret reasons), connecting to nothing."""
+    from imagecascade.cloud.submission import secret_refusals
+    from imagecascade.core.placement import builds_on
+    from imagecascade.engines.buildkit import choose_local_builder
+
+    local = {image.name for image in current.images if builds_on(image.spec, backend) == "local"}
+    builder = choose_local_builder(settings) if local else None
+    return current.with_refusals(
+        {
+            image.name: builder.refusal(image, settings)
+            if builder and image.name in local
+            else secret_refusals(image, settings)
+            for image in current.images
+        }
+    )
+
+
+def _with_refusals(plan: Any, backend: Any, settings: Settings) -> Any:
+    """The plan with what `backend` cannot build here (Dockerfile syntax, secrets): refused up front."""
+    return plan.with_refusals({image.name: backend.refusal(image, settings) for image in plan.images})
+
+
+def _check_secret_ids(plan: Any, sources: dict[str, Any]) -> None:
+    """A secret given for an id no image declares is a typo: say so instead of ignoring it."""
+    declared = {key for image in plan.images for key in image.spec.secrets}
+    unknown = sorted(set(sources) - declared)
+    if unknown:
+        raise ConfigError(
+            f"secret {unknown[0]} ({sources[unknown[0]].origin}): no image declares it "
+            f"(declared: {', '.join(sorted(declared)) or 'none'})"
+        )
+
+
 def _why(plan: Any, store: Any, result: Any) -> dict[str, str]:
     """For a dry run: what the target holds instead of each missing image, and what changed."""
     from imagecascade.core.why import why_missing
@@ -238,20 +324,30 @@ def _why(plan: Any, store: Any, result: Any) -> dict[str, str]:
         return {name: f"cannot tell why: {error}" for name in missing}
 
 
+_CLOUD_HELP = {
+    "project": "cloudbuild: the Google Cloud project (default: [cloudbuild] project in cascade.toml)",
+    "region": "cloudbuild: region to build in (default: image.toml, then cascade.toml, else global)",
+    "bucket": "cloudbuild: bucket for source tarballs (default: <project>_cloudbuild, if the project's)",
+    "machine_type": "cloudbuild: machine type, e.g. E2_HIGHCPU_32 (default: image.toml, then the YAML)",
+    "disk_size": "cloudbuild: disk size in GB, up to 4000 (default: image.toml, then the YAML)",
+    "timeout": "cloudbuild: build timeout in minutes, up to 1440 (default: image.toml, the YAML, 60)",
+    "worker_pool": "cloudbuild: private pool projects/P/locations/R/workerPools/NAME (builds in its region)",
+    "queued_timeout": "cloudbuild: cancel a build this run submitted still queued N seconds after creation",
+    "service_account": "cloudbuild: service account (email) builds run as; needs a logs bucket or logging",
+    "logs_bucket": "cloudbuild: gs://BUCKET[/PREFIX] for build logs (default: cascade.toml, the YAML)",
+    "logging": "cloudbuild: LEGACY, GCS_ONLY, CLOUD_LOGGING_ONLY or NONE (default: cascade.toml, the YAML)",
+}
 _CASCADE_HELP = {
     "registry": "push to and look up in this registry (REF/<image>) instead of the configured one",
     "jobs": "images built at the same time (default from cascade.toml, else 2)",
     "force": "rebuild even when the hash tag exists",
     "dry_run": "print what would be built and why; build nothing, send nothing",
-    "backend": f"where to build: {', '.join(BACKENDS)}",
-    "project": "cloudbuild: the Google Cloud project (default: [cloudbuild] project in cascade.toml)",
-    "region": "cloudbuild: the region to build in (default: image.toml, then cascade.toml, else global)",
-    "bucket": "cloudbuild: the bucket for source tarballs (default: <project>_cloudbuild)",
-    "machine_type": "cloudbuild: machine type for every image, e.g. E2_HIGHCPU_32 (default: image.toml)",
-    "disk_size": "cloudbuild: disk size in GB for every image (default: image.toml)",
-    "timeout": "cloudbuild: build timeout in minutes for every image (default: image.toml)",
-    "worker_pool": "cloudbuild: private pool projects/P/locations/R/workerPools/NAME (default: image.toml)",
-    "queued_timeout": "cloudbuild: cancel a build still QUEUED after this many seconds (default: wait)",
+    "backend": f"where to build: {', '.join(BACKENDS)} (local sends images that require Cloud Build there)",
+    **_CLOUD_HELP,
+    "builder": "local: auto (BuildKit when the docker CLI can drive it), buildkit or classic "
+    "(default: [build] builder, else auto)",
+    "secret": "a build secret, repeatable: id=ID,src=PATH or id=ID,env=VAR (docker's syntax); "
+    "never hashed, logged or stored",
 }
 
 
@@ -265,7 +361,24 @@ def _number(flag: str, value: Any, kind: type) -> Any:
         raise Exit(f"error: --{flag.replace('_', '-')}: {value!r} is not a number", code=2) from None
 
 
-@task(help=_CASCADE_HELP)
+def _cloud_flags(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings overrides, CloudBuildFlags fields) from a task's arguments (its `locals()`)."""
+    cloud_settings = {"cloudbuild_project": flags["project"], "cloudbuild_bucket": flags["bucket"]}
+    cloud = {
+        "machine_type": flags["machine_type"],
+        "disk_size_gb": _number("disk_size", flags["disk_size"], int),
+        "timeout_minutes": _number("timeout", flags["timeout"], int),
+        "worker_pool": flags["worker_pool"],
+        "region": flags["region"],
+        "queued_timeout": _number("queued_timeout", flags["queued_timeout"], float),
+        "service_account": flags["service_account"],
+        "logs_bucket": flags["logs_bucket"],
+        "logging": flags["logging"],
+    }
+    return cloud_settings, cloud
+
+
+@task(help=_CASCADE_HELP, iterable=["secret"])
 @_pipe_safe
 def cascade(
     c: Context,
@@ -282,21 +395,27 @@ def cascade(
     timeout: int | None = None,
     worker_pool: str | None = None,
     queued_timeout: float | None = None,
+    service_account: str | None = None,
+    logs_bucket: str | None = None,
+    logging: str | None = None,
+    builder: str | None = None,
+    secret: list[str] | None = None,
 ) -> None:
     """Build every image missing in the target: parents first, independent lineages in parallel."""
     from imagecascade.core.cascade import CascadeOptions
 
-    cloud_settings = {"cloudbuild_project": project, "cloudbuild_bucket": bucket}
-    cloud = {
-        "machine_type": machine_type,
-        "disk_size_gb": _number("disk_size", disk_size, int),
-        "timeout_minutes": _number("timeout", timeout, int),
-        "worker_pool": worker_pool,
-        "region": region,
-        "queued_timeout": _number("queued_timeout", queued_timeout, float),
-    }
+    cloud_settings, cloud = _cloud_flags(locals())
     jobs = _number("jobs", jobs, int)
-    _run_cascade(CascadeOptions(force=force, dry_run=dry_run), registry, jobs, backend, cloud_settings, cloud)
+    _run_cascade(
+        CascadeOptions(force=force, dry_run=dry_run),
+        registry,
+        jobs,
+        backend,
+        cloud_settings,
+        cloud,
+        builder=builder,
+        secret=secret,
+    )
 
 
 def _image_task(name: str, description: str) -> Task[Any]:
@@ -307,11 +426,25 @@ def _image_task(name: str, description: str) -> Task[Any]:
         registry: str | None = None,
         dry_run: bool = False,
         backend: str = "local",
+        project: str | None = None,
+        region: str | None = None,
+        bucket: str | None = None,
+        machine_type: str | None = None,
+        disk_size: int | None = None,
+        timeout: int | None = None,
+        worker_pool: str | None = None,
+        queued_timeout: float | None = None,
+        service_account: str | None = None,
+        logs_bucket: str | None = None,
+        logging: str | None = None,
+        builder: str | None = None,
+        secret: list[str] | None = None,
     ) -> None:
         from imagecascade.core.cascade import CascadeOptions
 
         options = CascadeOptions(only=(name,), with_parents=with_parents, force=force, dry_run=dry_run)
-        _run_cascade(options, registry, None, backend)
+        cloud_settings, cloud = _cloud_flags(locals())
+        _run_cascade(options, registry, None, backend, cloud_settings, cloud, builder=builder, secret=secret)
 
     build_image.__doc__ = (description or f"Build image {name}") + (
         f"\n\nBuilds images/{name} when its hash tag is missing in the target."
@@ -325,7 +458,11 @@ def _image_task(name: str, description: str) -> Task[Any]:
             "registry": _CASCADE_HELP["registry"],
             "dry_run": _CASCADE_HELP["dry_run"],
             "backend": _CASCADE_HELP["backend"],
+            "builder": _CASCADE_HELP["builder"],
+            "secret": _CASCADE_HELP["secret"],
+            **_CLOUD_HELP,
         },
+        iterable=["secret"],
     )
 
 

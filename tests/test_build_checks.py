@@ -22,18 +22,38 @@ def one_image(root: Path, dockerfile: str, files: dict[str, str | bytes] | None 
     return write_image(root, "app", 'base = "127.0.0.1:5000/base:1"\n', files, dockerfile=dockerfile)
 
 
-@pytest.mark.parametrize("command", [("plan", "--offline"), ("cascade",), ("build-app",)])
-def test_buildkit_only_syntax_is_refused_up_front_with_file_line_and_feature(
-    tmp_path: Path, command: tuple[str, ...]
+def test_buildkit_only_syntax_is_refused_for_the_classic_builder_in_plan(tmp_path: Path) -> None:
+    folder = one_image(tmp_path, WIRED + "RUN --mount=type=cache,target=/root/.cache pip --version\n")
+    expected = (
+        f"{folder / 'Dockerfile'}: line 3: RUN --mount needs BuildKit, but the classic builder was chosen"
+    )
+    done = invoke(tmp_path, "plan", "--offline", "--builder", "classic")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"cannot build: {expected}" in " ".join(done.stdout.split())
+    document = json.loads(invoke(tmp_path, "plan", "--offline", "--json", "--builder", "classic").stdout)
+    (refusal,) = document["images"][0]["cannot_build"]
+    assert refusal["reason"].startswith(expected) and refusal["fix"] == "build with --builder buildkit"
+    # PATH's docker here is Debian's CLI 20.10, which drives BuildKit: `auto` builds RUN --mount.
+    document = json.loads(invoke(tmp_path, "plan", "--offline", "--json").stdout)
+    assert document["images"][0]["cannot_build"] == []
+    assert not (tmp_path / "images.lock.json").exists()
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("command", [("cascade",), ("build-app",)])
+def test_buildkit_only_syntax_is_refused_up_front_for_the_classic_builder(
+    tmp_path: Path, command: tuple[str, ...], engine: object
 ) -> None:
     folder = one_image(tmp_path, WIRED + "RUN --mount=type=cache,target=/root/.cache pip --version\n")
-    done = invoke(tmp_path, *command)
+    done = invoke(tmp_path, *command, "--builder", "classic")
     assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert lines == [
-        f"error: {folder / 'Dockerfile'}: line 3: RUN --mount needs BuildKit; images are built with the "
-        "classic builder, which cannot build it"
+    refused = [line for line in done.stdout.splitlines() if line.startswith("app: cannot build: ")]
+    assert refused == [
+        f"app: cannot build: {folder / 'Dockerfile'}: line 3: RUN --mount needs BuildKit, but the classic "
+        'builder was chosen (--builder classic or [build] builder = "classic"); '
+        "fix: build with --builder buildkit"
     ]
+    assert "building" not in done.stdout
     assert not (tmp_path / "images.lock.json").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from typing import Any
 
@@ -153,6 +154,20 @@ def test_full_schema_parses() -> None:
         ("[cuda]\nmin_devices = 0", "cuda.min_devices must be at least 1"),
         ("[cuda]\nmin_devices = 1.5", "cuda: min_devices must be an integer, not float"),
         ("[cuda]\nmatmul = 1", "cuda: matmul must be true or false, not integer"),
+        ("max_size_gb = 0", "max_size_gb must be a positive number of GB, not 0"),
+        ("max_size_gb = -1.5", "max_size_gb must be a positive number of GB, not -1.5"),
+        ("max_size_gb = inf", "max_size_gb must be a positive number of GB, not inf"),
+        ("max_size_gb = nan", "max_size_gb must be a positive number of GB, not nan"),
+        ("max_size_gb = '10'", "max_size_gb must be a positive number of GB, not '10'"),
+        ("max_size_gb = true", "max_size_gb must be a positive number of GB, not True"),
+        (
+            "[[commands]]\nname = 'x'\nrun = ['x']\ntimeout_seconds = 0",
+            "commands[0]: timeout_seconds must be at least 1",
+        ),
+        (
+            "[[commands]]\nname = 'x'\nrun = ['x']\ntimeout_seconds = 1.5",
+            "commands[0]: timeout_seconds must be an integer, not float",
+        ),
     ],
 )
 def test_parse_errors(text: str, message: str) -> None:
@@ -267,3 +282,77 @@ def test_inherit_false_in_the_middle_stops_there() -> None:
 def test_root_checks_are_its_own() -> None:
     specs: dict[str, Any] = cascade(parent=(None, PARENT))
     assert effective_checks(specs, "parent") == specs["parent"].smoke
+
+
+def test_name_stands_for_the_image_in_expected_values() -> None:
+    checks = parse(
+        """
+        [[commands]]
+        name = "banner"
+        run = ["{name}", "--version"]
+        output = "^{name} [0-9.]+$"
+        [env]
+        APP = "{name}"
+        [labels]
+        "org.opencontainers.image.title" = "{name}"
+        "literal" = "\\\\{name\\\\}"
+        [config]
+        user = "{name}"
+        workdir = "/srv/{name}"
+        entrypoint = ["/usr/local/bin/{name}"]
+        cmd = ["--as", "{name}"]
+        """
+    )
+    mine = checks.for_image("arr-ml.stack+1")
+    escaped = re.escape("arr-ml.stack+1")
+    assert mine.labels == {"org.opencontainers.image.title": escaped, "literal": "\\{name\\}"}
+    assert re.fullmatch(mine.labels["org.opencontainers.image.title"], "arr-ml.stack+1")
+    assert not re.fullmatch(mine.labels["org.opencontainers.image.title"], "arr-mlXstack11")
+    assert mine.env == {"APP": escaped}
+    assert mine.commands[0].output == f"^{escaped} [0-9.]+$"
+    assert mine.commands[0].run == ("{name}", "--version"), "commands run as written"
+    assert mine.config == ConfigChecks(
+        user="arr-ml.stack+1",
+        workdir="/srv/arr-ml.stack+1",
+        entrypoint=("/usr/local/bin/arr-ml.stack+1",),
+        cmd=("--as", "arr-ml.stack+1"),
+    )
+
+
+def test_an_inherited_title_holds_in_every_child() -> None:
+    specs = cascade(
+        base=(None, '[labels]\n"org.opencontainers.image.title" = "{name}"'),
+        child=("base", ""),
+    )
+    child = effective_checks(specs, "child").for_image("child")
+    assert re.fullmatch(child.labels["org.opencontainers.image.title"], "child")
+    assert not re.fullmatch(child.labels["org.opencontainers.image.title"], "base")
+
+
+@pytest.mark.parametrize(
+    ("text", "nothing"),
+    [
+        ("", True),
+        ("timeout_seconds = 10\npython = 'python3.11'\ninherit = false", True),
+        ("pip_check = false", True),
+        ("pip_check = true", False),
+        ("max_size_gb = 5", False),
+        ("[config]\nnon_root = false", False),
+        ("[labels]\nx = 'y'", False),
+        ("[cuda]\nnccl = true", False),
+        ("[[files]]\npath = '/x'", False),
+    ],
+)
+def test_declares_nothing(text: str, nothing: bool) -> None:
+    assert parse(text).declares_nothing is nothing
+
+
+def test_max_size_and_command_timeouts_are_inherited() -> None:
+    specs = cascade(
+        base=(None, 'max_size_gb = 20\n[[commands]]\nname = "t"\nrun = ["t"]\ntimeout_seconds = 5'),
+        child=("base", "max_size_gb = 25.5"),
+    )
+    child = effective_checks(specs, "child")
+    assert child.max_size_gb == 25.5
+    assert child.commands[0].timeout_seconds == 5
+    assert effective_checks(specs, "base").max_size_gb == 20.0

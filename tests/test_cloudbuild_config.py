@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ IMAGE_FOLDERS = sorted(path.parent.name for path in (REPO / "images").glob("*/im
         ("$$HOME and $$_ESCAPED", set()),
         ("$$${_A}", {"_A"}),
         ("no substitutions", set()),
+        # Cloud Build's grammar: only [A-Z_][A-Z0-9_]* names are substitutions; shell code stays.
+        ("for f in *; do echo $f $1 ${name} $(date) $@; done", set()),
+        ("${_A}$_B-$HOME", {"_A", "_B", "HOME"}),
+        ("$_lower", {"_"}),  # the name stops at the first lowercase letter, as in subst.go
+        ("${_A", set()),  # an unclosed brace is not a substitution
     ],
 )
 def test_used_substitutions(text: str, expected: set[str]) -> None:
@@ -52,8 +58,37 @@ def test_used_substitutions(text: str, expected: set[str]) -> None:
         (
             {"steps": [{"args": ["$HOME"]}]},
             {},
-            ["uses $HOME, which is neither built in nor a user substitution (those start with _)"],
+            [
+                "uses $HOME, which is not a Cloud Build built-in substitution "
+                "(user substitutions start with _; write $$HOME for a shell variable)"
+            ],
         ),
+        (
+            {"steps": [{"args": ["--tag=x:$SHORT_SHA"]}]},
+            {},
+            [
+                "uses $SHORT_SHA, which only a build trigger fills: a build of uploaded source leaves it "
+                "empty (the git revision is the _OCI_REVISION substitution)"
+            ],
+        ),
+        ({"steps": [{"args": ["bash", "-c", "for f in *; do echo $f $1; done"]}]}, {}, []),
+        # ALLOW_LOOSE: missing and unused user substitutions pass; unknown built-ins still do not.
+        ({"steps": [{"args": ["${_A}"]}], "options": {"substitutionOption": "ALLOW_LOOSE"}}, {"_B": "1"}, []),
+        (
+            {"steps": [{"args": ["$HOME"]}], "options": {"substitutionOption": "ALLOW_LOOSE"}},
+            {},
+            [
+                "uses $HOME, which is not a Cloud Build built-in substitution "
+                "(user substitutions start with _; write $$HOME for a shell variable)"
+            ],
+        ),
+        # Only the fields Cloud Build substitutes in count: options.env is not one of them.
+        (
+            {"steps": [{"args": ["x"]}], "options": {"env": ["A=$_A"]}},
+            {"_A": "1"},
+            ["substitution _A is provided but never used"],
+        ),
+        ({"steps": [{"args": ["x"]}], "tags": ["t-$_A"]}, {"_A": "1"}, []),
         ({"steps": [{"args": ["${_A}"]}], "substitutions": {"_A": "default"}}, {}, []),
         (
             {"steps": [{"args": ["x"]}], "substitutions": {"_UNUSED": "default"}},
@@ -63,12 +98,23 @@ def test_used_substitutions(text: str, expected: set[str]) -> None:
         (
             {"steps": [{"args": ["${_a}"]}]},
             {"_a": "1"},
-            ["substitution _a must start with _ and hold only A-Z, 0-9 and _"],
+            [  # ${_a} is not a substitution in Cloud Build's grammar, so _a is also unused
+                "substitution _a is provided but never used",
+                "substitution _a must start with _ and hold only A-Z, 0-9 and _",
+            ],
         ),
     ],
 )
 def test_substitution_problems(config: dict[str, Any], provided: dict[str, str], expected: list[str]) -> None:
     assert substitution_problems(config, provided) == expected
+
+
+def test_apply_substitutions_with_allow_loose_empties_missing_user_substitutions() -> None:
+    config = {
+        "steps": [{"args": ["${_MISSING}-$_A-$PROJECT_ID-$f"]}],
+        "options": {"substitutionOption": "ALLOW_LOOSE"},
+    }
+    assert apply_substitutions(config, {"_A": "a"})["steps"] == [{"args": ["-a-$PROJECT_ID-$f"]}]
 
 
 def test_apply_substitutions_leaves_built_ins_and_unescapes_dollars() -> None:
@@ -130,7 +176,10 @@ def test_committed_config_parses_and_names_its_own_image(path: Path) -> None:
 @pytest.mark.parametrize("name", IMAGE_FOLDERS)
 def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: str) -> None:
     """Build args match image.toml, and the cascade's own request passes every Cloud Build check."""
-    from imagecascade.cloud.cloudbuild import CloudBuildBackend
+    from google.cloud.devtools import cloudbuild_v1
+
+    from imagecascade.cloud.submission import build_submission
+    from imagecascade.core.build_options import CloudBuildFlags
     from imagecascade.core.cascade import Provenance, build_request
     from imagecascade.core.plan import compute_plan
     from imagecascade.core.settings import load_settings
@@ -145,13 +194,15 @@ def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: st
     request = build_request(
         plan, image, Provenance(revision="0" * 40, source="https://example.invalid/x"), "now"
     )
-    # Loopback endpoints: anonymous credentials, and `submission` sends nothing anywhere.
-    environ = {
-        "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDBUILD": "http://127.0.0.1:9/",
-        "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9",
-    }
-    build, options = CloudBuildBackend(settings, environ=environ).submission(request)
-    substitutions = dict(build.substitutions)
-    assert apply_substitutions(list(build.images), substitutions) == list(request.references)
+    submission = build_submission(request, settings, CloudBuildFlags())
+    body = submission.body
+    substitutions = body["substitutions"]
+    assert apply_substitutions({"images": body["images"]}, substitutions)["images"] == list(
+        request.references
+    )
     assert substitutions["_BASE_IMAGE"] == request.base_reference
-    assert build.timeout.total_seconds() == options.timeout_minutes * 60
+    minutes = image.spec.cloudbuild.timeout_minutes or 60
+    assert body["timeout"] == f"{minutes * 60}s"
+    # The body is a valid API Build (the generated type parses it, enums by name).
+    build = cloudbuild_v1.Build.from_json(json.dumps({**body, "tags": [*body["tags"], "submission-x"]}))
+    assert build.timeout.total_seconds() == minutes * 60

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from imagecascade.core import dockerfile
+from imagecascade.core import buildkit_syntax, dockerfile
 from imagecascade.core.build_checks import credential_files, missing_copy_sources
+from imagecascade.core.buildkit_syntax import FrontendSupport
 from imagecascade.core.declaration import load_image
 from imagecascade.core.plan import compute_plan
 from imagecascade.core.settings import load_settings
@@ -48,7 +49,10 @@ def test_declaration_loads_and_uses_the_base_image_wiring(folder: Path) -> None:
     assert spec.description
     parsed = dockerfile.read_dockerfile(spec.dockerfile)
     assert dockerfile.base_wiring_problem(parsed, spec.target) is None
-    assert dockerfile.buildkit_features(parsed) == []  # the classic builder builds them
+    # They need BuildKit (the secret mounts), and nothing newer than Engine 20.10's own frontend reads.
+    assert {feature.needs for feature in dockerfile.buildkit_features(parsed)} == {"buildkit"}
+    engine_20_10 = FrontendSupport(builder="buildkit", frontend=(1, 2), describe="20.10", remedy="")
+    assert buildkit_syntax.refusal(parsed, engine_20_10) is None
 
 
 def test_every_copy_source_is_sent_and_no_credential_is() -> None:
@@ -291,3 +295,30 @@ def test_host_byproducts_do_not_move_the_hash(folder: Path, tmp_path: Path) -> N
         (copy / "images" / folder.name / "src" / "pkg.egg-info" / "PKG-INFO").write_text("x")
     after = {image.name: image.hash for image in compute_plan(load_settings(copy), use_cache=False).images}
     assert after == before
+
+
+def _pip_runs_reaching_an_index(path: Path) -> list[tuple[int, tuple[str, ...]]]:
+    """(line, mount flags) of every RUN whose pip install may reach a package index."""
+    import dockerfile as parser
+
+    runs = []
+    for command in parser.parse_file(str(path)):
+        script = " ".join(command.value)
+        if command.cmd.upper() != "RUN" or "pip install" not in script:
+            continue
+        installs = [part for part in script.split("pip install")[1:]]
+        if all("--no-index" in install.split("&&")[0] for install in installs):
+            continue
+        runs.append((command.start_line, command.flags))
+    return runs
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=ids(DOCKERFILES))
+def test_every_pip_install_mounts_the_optional_index_secrets(path: Path) -> None:
+    runs = _pip_runs_reaching_an_index(path)
+    assert runs, "expected at least one pip install"
+    for line, flags in runs:
+        assert "--mount=type=secret,id=pip_conf" in flags, f"{path.name}:{line}"
+        assert "--mount=type=secret,id=ca_bundle" in flags, f"{path.name}:{line}"
+    spec = load_image(path.parent, ROOT)
+    assert set(spec.secrets) == {"pip_conf", "ca_bundle"} and spec.required_secrets == ()

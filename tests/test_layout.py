@@ -19,6 +19,7 @@ ALLOWED = {
     "smoke": {"core", "engines"},
     "pins": {"core", "engines"},
     "rendering": {"core", "engines", "cloud", "smoke", "pins"},
+    "standin": {"core", "engines", "smoke"},
 }
 
 

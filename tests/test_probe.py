@@ -19,7 +19,8 @@ import pytest
 
 from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
 from imagecascade.smoke import probe
-from imagecascade.smoke.evaluate import cudnn_version_text, evaluate
+from imagecascade.smoke.cuda import cudnn_version_text
+from imagecascade.smoke.evaluate import evaluate
 from imagecascade.smoke.results import CheckResult
 from imagecascade.smoke.runner import probe_spec
 
@@ -80,10 +81,16 @@ def test_source_is_python_3_8() -> None:
     assert top_level <= set(sys.stdlib_module_names) | {"__future__"}
 
 
-def test_report_survives_output_on_stdout() -> None:
-    spec = {"commands": [{"name": "noise", "run": [sys.executable, "-c", "print('{not json')"]}]}
-    report = run_probe(spec)
-    assert report["commands"]["noise"]["output"] == "{not json\n"
+def test_report_survives_output_on_stdout(tmp_path: Path) -> None:
+    (tmp_path / "noisy.py").write_text("print('{not json')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    spec = {
+        "imports": ["noisy"],
+        "commands": [{"name": "noise", "run": [sys.executable, "-c", "print('{x')"]}],
+    }
+    report = run_probe(spec, env=env)
+    assert report["steps"]["import noisy"] is None
+    assert report["steps"]["command noise"]["head"] == "{x\n"
     assert probe.parse_report("garbage\n") is None
 
 
@@ -122,53 +129,12 @@ def test_versions() -> None:
     )
 
 
-def test_files(tmp_path: Path) -> None:
-    script = tmp_path / "run.sh"
-    script.write_text("#!/bin/sh\n")
-    script.chmod(0o755)
-    data = tmp_path / "data.txt"
-    data.write_text("x")
-    data.chmod(0o644)
-    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    results = outcomes(
-        judge(
-            f"""
-            [[files]]
-            path = "{script}"
-            executable = true
-            [[files]]
-            path = "{data}"
-            executable = true
-            [[files]]
-            path = "{data}-missing"
-            [[files]]
-            path = "{tmp_path / "dangling"}"
-            [[files]]
-            path = "/"
-            exists = false
-            [[files]]
-            path = "{tmp_path / "absent"}"
-            exists = false
-            """
-        )
-    )
-    assert results[f"file {script}"] == ("pass", f"host: file {script} exists")
-    assert results[f"file {data}"] == ("fail", f"host: file {data} is not executable (mode 0644)")
-    assert results[f"file {data}-missing"] == ("fail", f"host: file {data}-missing is missing")
-    assert results[f"file {tmp_path / 'dangling'}"] == (
-        "fail",
-        f"host: file {tmp_path / 'dangling'} is missing (a broken symlink)",
-    )
-    assert results["file /"] == ("fail", "host: file / exists (dir), expected absent")
-    assert results[f"file {tmp_path / 'absent'}"] == ("pass", f"host: file {tmp_path / 'absent'} is absent")
-
-
 def test_commands() -> None:
     python = json.dumps(sys.executable)
     results = outcomes(
         judge(
             f"""
-            timeout_seconds = 13
+            timeout_seconds = 4
             [[commands]]
             name = "says-usage"
             run = [{python}, "-c", "import sys; sys.stderr.write('usage: x')"]
@@ -178,38 +144,149 @@ def test_commands() -> None:
             run = [{python}, "-c", "print('hello')"]
             output = "usage"
             [[commands]]
+            name = "silent"
+            run = ["true"]
+            output = "usage"
+            [[commands]]
             name = "exits-1"
             run = [{python}, "-c", "print('boom'); raise SystemExit(1)"]
             [[commands]]
             name = "not-installed"
             run = ["torchrun-that-does-not-exist", "--help"]
             [[commands]]
+            name = "own-limit"
+            run = [{python}, "-c", "import time; print('waiting', flush=True); time.sleep(30)"]
+            timeout_seconds = 1
+            [[commands]]
+            name = "needs-gpu"
+            run = ["nvidia-smi"]
+            gpu = true
+            [[commands]]
             name = "hangs"
             run = [{python}, "-c", "import time; time.sleep(30)"]
             [[commands]]
             name = "after-the-budget"
             run = ["true"]
-            [[commands]]
-            name = "needs-gpu"
-            run = ["nvidia-smi"]
-            gpu = true
             """
         )
     )
+    hangs_status, hangs_message = results.pop("command hangs")
+    assert hangs_status == "fail"
+    assert hangs_message.startswith("host: command hangs timed out after ")
+    assert "(timeout_seconds is 4 s for all in-container checks; " in hangs_message
     assert results == {
         "command says-usage": ("pass", "host: command says-usage exited 0"),
-        "command wrong-output": ("fail", "host: command wrong-output output does not match 'usage'"),
+        "command wrong-output": (
+            "fail",
+            "host: command wrong-output output does not match 'usage'; it printed 'hello\\n'",
+        ),
+        "command silent": ("fail", "host: command silent output does not match 'usage'; it printed nothing"),
         "command exits-1": ("fail", "host: command exits-1 exited 1: boom"),
         "command not-installed": (
             "fail",
             "host: command not-installed: cannot run torchrun-that-does-not-exist: No such file or directory",
         ),
-        "command hangs": ("fail", "host: command hangs: timed out: the commands' time budget (3s) ran out"),
-        "command after-the-budget": (
+        "command own-limit": (
             "fail",
-            "host: command after-the-budget: not run: the commands' time budget (3s) was spent",
+            "host: command own-limit timed out after 1 s (its timeout_seconds); last output: waiting",
         ),
         "command needs-gpu": ("skip", "host: skipped: no GPU"),
+        "command after-the-budget": (
+            "fail",
+            "host: not run: timeout_seconds (4 s) ran out during command hangs",
+        ),
+    }
+
+
+def test_a_short_budget_is_all_for_the_checks() -> None:
+    # Nothing is held back for bookkeeping: a 2 s command fits in a 3 s budget.
+    results = outcomes(judge('timeout_seconds = 3\n[[commands]]\nname = "two"\nrun = ["sleep", "2"]'))
+    assert results == {"command two": ("pass", "host: command two exited 0")}
+
+
+def test_the_whole_output_is_searched() -> None:
+    python = json.dumps(sys.executable)
+    script = "import sys; sys.stdout.write('marker-at-the-start ' + 'x' * 20000 + ' end')"
+    results = outcomes(
+        judge(
+            f"""
+            [[commands]]
+            name = "start"
+            run = [{python}, "-c", "{script}"]
+            output = "^marker-at-the-start"
+            [[commands]]
+            name = "end"
+            run = [{python}, "-c", "{script}"]
+            output = "x end$"
+            [[commands]]
+            name = "mismatch"
+            run = [{python}, "-c", "{script}"]
+            output = "not there"
+            """
+        )
+    )
+    assert results["command start"] == ("pass", "host: command start exited 0")
+    assert results["command end"] == ("pass", "host: command end exited 0")
+    assert results["command mismatch"] == (
+        "fail",
+        "host: command mismatch output does not match 'not there'; it printed 20,024 bytes, "
+        f"starting {'marker-at-the-start ' + 'x' * 80!r} and ending {'x' * 96 + ' end'!r}",
+    )
+
+
+def test_output_beyond_the_cap_is_counted_not_kept() -> None:
+    size = probe.OUTPUT_CAP + 400 * 2**20
+    spec = {"commands": [{"name": "flood", "run": ["head", "-c", str(size), "/dev/zero"], "output": "never"}]}
+    # The probe's peak memory, measured by a parent of its own (RUSAGE_CHILDREN: the largest child).
+    measure = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE); "
+        "sys.stdout.buffer.write(done.stdout); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", measure, sys.executable, "-c", probe.source(), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = probe.parse_report(completed.stdout)
+    assert report is not None, completed.stderr
+    peak_kib = int(completed.stdout.split()[-1])
+    flood = report["steps"]["command flood"]
+    assert (flood["bytes"], flood["searched"], flood["match"]) == (size, probe.OUTPUT_CAP, None)
+    # Keeping everything would take more than `size`; the probe holds the cap (and its text).
+    assert peak_kib * 1024 < 3 * probe.OUTPUT_CAP < size
+    checks = checks_from('[[commands]]\nname = "flood"\nrun = ["x"]\noutput = "never"')
+    results = outcomes(evaluate(IMAGE, checks, config={}, labels={}, observations=report))
+    assert results["command flood"][1].startswith(
+        f"host: command flood output does not match 'never' in the first 64 MB; it printed {size:,} bytes"
+    )
+
+
+def test_a_hanging_import_is_named(tmp_path: Path) -> None:
+    (tmp_path / "skboom.py").write_text("import time\ntime.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    results = outcomes(
+        judge('timeout_seconds = 2\nimports = ["json", "skboom", "csv"]\npip_check = true', env=env)
+    )
+    assert results == {
+        "import json": ("pass", "host: module json imports"),
+        "import skboom": ("fail", "host: import of skboom timed out after 2 s"),
+        "import csv": ("fail", "host: not run: timeout_seconds (2 s) ran out during import of skboom"),
+        "pip check": ("fail", "host: not run: timeout_seconds (2 s) ran out during import of skboom"),
+    }
+
+
+def test_a_crashing_import_keeps_what_came_before(tmp_path: Path) -> None:
+    (tmp_path / "segv.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    results = outcomes(judge('imports = ["json", "segv", "csv"]', env=env))
+    assert results == {
+        "import json": ("pass", "host: module json imports"),
+        "import segv": ("fail", "host: import of segv crashed the probe (SIGSEGV)"),
+        "import csv": ("fail", "host: not run: the probe crashed (SIGSEGV) during import of segv"),
     }
 
 
@@ -249,7 +326,7 @@ def test_pip_check() -> None:
 
 def test_torch_is_not_imported_unless_cuda_checks_are_declared() -> None:
     report = run_probe(probe_spec(checks_from('imports = ["json"]'), gpu=False))
-    assert report["torch"] is None
+    assert "torch" not in report["steps"]
 
 
 CUDA = """
@@ -274,7 +351,7 @@ def cpu_torch_report() -> dict[str, Any]:
 def test_cpu_torch_observations(cpu_torch_report: dict[str, Any]) -> None:
     import torch
 
-    report = cpu_torch_report["torch"]
+    report = cpu_torch_report["steps"]["torch"]
     assert report["error"] is None
     assert report["version"] == torch.__version__
     assert report["cuda"] is None
@@ -381,7 +458,7 @@ OBSERVED_CUDA_BUILD = {
 )
 def test_cuda_evaluation_of_a_cuda_build(cuda: str, expected: tuple[str, str]) -> None:
     checks = checks_from(f"[cuda]\n{cuda}")
-    observations = {"torch": OBSERVED_CUDA_BUILD, "user": {"uid": 0}}
+    observations = {"steps": {"torch": OBSERVED_CUDA_BUILD, "user": {"uid": 0}}}
     results = evaluate(IMAGE, checks, config={}, labels={}, observations=observations, gpu=True)
     assert [(result.status, result.message) for result in results] == [expected]
 

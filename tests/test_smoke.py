@@ -6,35 +6,41 @@ fails these tests instead of skipping them.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tomllib
-import uuid
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import RegistryServer, push_as
+from junit_schemas import assert_valid_junit
+from smoke_repo import built, unique, write
 
 from imagecascade.core.checks import parse_smoke_checks
 from imagecascade.core.plan import compute_plan, image_reference
 from imagecascade.core.settings import load_settings
 from imagecascade.engines.engine import Engine
 from imagecascade.errors import BackendError, NotBuilt
+from imagecascade.rendering.smoke_table import human_size
 from imagecascade.smoke.__main__ import main
 from imagecascade.smoke.results import CheckResult, ImageReport
 from imagecascade.smoke.runner import SmokeTarget, find_targets, run_smoke, smoke_image
+from imagecascade.smoke.session import SmokeSession
 
 pytestmark = pytest.mark.engine
 
-# Unique per run: other test runs may use the same engine at the same time.
-RUN = uuid.uuid4().hex[:8]
-PARENT, CHILD, BROKEN = (f"smoke-test-{RUN}-{role}" for role in ("parent", "child", "broken-child"))
+PARENT, CHILD, BROKEN = (
+    unique("smoke-test-parent"),
+    unique("smoke-test-child"),
+    unique("smoke-test-broken-child"),
+)
+BARE, COLOUR = unique("smoke-test-bare"), unique("smoke-test-colour")
 
 PARENT_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
-LABEL org.opencontainers.image.title="smoke-test-parent"
+LABEL org.opencontainers.image.title="@PARENT@"
 ENV PYTHONUNBUFFERED=1 PYTHONPATH=/opt/smoke
 COPY site /opt/smoke
 COPY smoke-tool /usr/local/bin/smoke-tool
@@ -58,26 +64,23 @@ exists = false
 [smoke.env]
 PYTHONUNBUFFERED = "1"
 [smoke.labels]
-"org.opencontainers.image.title" = "smoke-test-parent"
+"org.opencontainers.image.title" = "{name}"
 """
 CHILD_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
-LABEL org.opencontainers.image.title="smoke-test-child"
+LABEL org.opencontainers.image.title="@CHILD@"
 COPY child.txt /etc/smoke-child.txt
 USER 1000
 WORKDIR /workspace
 ENTRYPOINT ["smoke-tool"]
 CMD ["--help"]
 """
-CHILD_TOML = (
-    f'parent = "{PARENT}"\n'
-    + """\
+CHILD_TOML = """\
+parent = "@PARENT@"
 [smoke]
 [[smoke.files]]
 path = "/etc/smoke-child.txt"
-[smoke.labels]
-"org.opencontainers.image.title" = "smoke-test-child"
 [smoke.config]
 user = "1000"
 non_root = true
@@ -85,15 +88,27 @@ entrypoint = ["smoke-tool"]
 cmd = ["--help"]
 workdir = "/workspace"
 """
-)
 # Puts an older smokedemo first on the path: it must fail the checks it inherits.
 BROKEN_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="@BROKEN@"
 ENV PYTHONPATH=/opt/override:/opt/smoke
 COPY override /opt/override
 """
-BROKEN_TOML = f'parent = "{PARENT}"\n'
+BROKEN_TOML = 'parent = "@PARENT@"\n'
+LEAF_DOCKERFILE = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
+# Declares nothing: the parent's checks are not inherited.
+BARE_TOML = 'parent = "@PARENT@"\n[smoke]\ninherit = false\n'
+# A failing command that prints a coloured error line, as many tools do.
+COLOUR_TOML = """\
+parent = "@PARENT@"
+[smoke]
+inherit = false
+[[smoke.commands]]
+name = "coloured-error"
+run = ["sh", "-c", "printf '\\\\033[1;31merror:\\\\033[0m it broke\\\\n'; exit 3"]
+"""
 
 
 def _metadata(version: str) -> str:
@@ -101,9 +116,9 @@ def _metadata(version: str) -> str:
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
+    for marker, name in (("@PARENT@", PARENT), ("@CHILD@", CHILD), ("@BROKEN@", BROKEN)):
+        text = text.replace(marker, name)
+    write(path, text, mode)
 
 
 def write_repo(root: Path, base_image: str) -> Path:
@@ -124,46 +139,29 @@ def write_repo(root: Path, base_image: str) -> Path:
     _write(broken / "image.toml", BROKEN_TOML)
     _write(broken / "override" / "smokedemo" / "__init__.py", "VERSION = '0.1.0'\n")
     _write(broken / "override" / "smokedemo-0.1.0.dist-info" / "METADATA", _metadata("0.1.0"))
+    for name, declaration in ((BARE, BARE_TOML), (COLOUR, COLOUR_TOML)):
+        _write(root / "images" / name / "Dockerfile", LEAF_DOCKERFILE)
+        _write(root / "images" / name / "image.toml", declaration)
     return root
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, engine: Engine, base_image: str) -> Iterator[Path]:
     """The test cascade, built at its plan's hash tags."""
-    root = write_repo(tmp_path_factory.mktemp("smoke-repo"), base_image)
-    plan = compute_plan(load_settings(root))
-    built: list[str] = []
-    try:
-        for planned in plan.images:
-            spec = planned.spec
-            parent = image_reference(spec.parent, plan.get(spec.parent).tag, "") if spec.parent else spec.base
-            reference = image_reference(planned.name, planned.tag, "")
-            engine.client.images.build(
-                path=str(spec.context),
-                dockerfile=str(spec.dockerfile),
-                tag=reference,
-                buildargs={"BASE_IMAGE": str(parent)},
-                network_mode="host",
-                rm=True,
-                forcerm=True,
-            )
-            built.append(reference)
+    with built(engine, write_repo(tmp_path_factory.mktemp("smoke-repo"), base_image)) as root:
         yield root
-    finally:
-        for reference in reversed(built):
-            engine.remove_image(reference, force=True)
+
+
+@pytest.fixture
+def session(repo: Path) -> SmokeSession:
+    return SmokeSession.for_repository(repo)
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_containers(engine: Engine) -> Iterator[None]:
+def no_leftover_containers(repo: Path, engine: Engine) -> Iterator[None]:
+    """After each test, not one container of this test repository's smoke runs is left."""
     yield
-    # The raw listing (containers.list() would inspect other runs' containers too), this run's only.
-    leftovers = [
-        summary
-        for summary in engine.client.api.containers(all=True, filters={"label": "imagecascade.role=smoke"})
-        if RUN in summary["Image"]
-    ]
-    assert leftovers == []
+    assert engine.list_containers(SmokeSession.for_repository(repo).selector()) == []
 
 
 def by_check(report: ImageReport) -> dict[str, CheckResult]:
@@ -174,11 +172,14 @@ def reference_of(root: Path, name: str) -> str:
     return image_reference(name, compute_plan(load_settings(root)).get(name).tag, "")
 
 
-def test_passing_cascade_with_inherited_checks(repo: Path, engine: Engine) -> None:
+def test_passing_cascade_with_inherited_checks(repo: Path, engine: Engine, session: SmokeSession) -> None:
     targets = find_targets(load_settings(repo), engine, [PARENT, CHILD])
     events: list[tuple[str, str]] = []
     reports = run_smoke(
-        engine, targets, on_event=lambda event: events.append((event.kind, event.target.name))
+        engine,
+        targets,
+        session,
+        on_event=lambda event: events.append((event.kind, event.target.name if event.target else "")),
     )
     assert events == [("started", PARENT), ("finished", PARENT), ("started", CHILD), ("finished", CHILD)]
     for report in reports:
@@ -187,20 +188,22 @@ def test_passing_cascade_with_inherited_checks(repo: Path, engine: Engine) -> No
     assert set(parent) < set(child), "the child runs every check of its parent"
     assert child["import smokedemo"].message == f"{CHILD}: module smokedemo imports"
     assert child["label org.opencontainers.image.title"].message == (
-        f"{CHILD}: label org.opencontainers.image.title is 'smoke-test-child'"
+        f"{CHILD}: label org.opencontainers.image.title is '{CHILD}'"
     )
     assert child["config non_root"].message == f"{CHILD}: runs as uid 1000"
     assert child["config entrypoint"].message == f"{CHILD}: entrypoint is ['smoke-tool']"
 
 
-def test_child_that_replaced_the_parents_distribution_fails(repo: Path, engine: Engine) -> None:
+def test_child_that_replaced_the_parents_distribution_fails(
+    repo: Path, engine: Engine, session: SmokeSession
+) -> None:
     (target,) = find_targets(load_settings(repo), engine, [BROKEN])
-    report = smoke_image(engine, target, gpu=False)
+    report = smoke_image(engine, target, session)
     failures = [result.message for result in report.results if result.status == "fail"]
     assert failures == [f"{BROKEN}: smokedemo 0.1.0 does not satisfy ==1.2.3"]
 
 
-def test_failing_checks_have_precise_messages(repo: Path, engine: Engine) -> None:
+def test_failing_checks_have_precise_messages(repo: Path, engine: Engine, session: SmokeSession) -> None:
     checks = parse_smoke_checks(
         tomllib.loads(
             """
@@ -230,12 +233,12 @@ def test_failing_checks_have_precise_messages(repo: Path, engine: Engine) -> Non
         "test",
     )
     target = SmokeTarget(PARENT, reference_of(repo, PARENT), checks)
-    report = smoke_image(engine, target, gpu=False)
+    report = smoke_image(engine, target, session)
     assert report.failed
     assert {result.check: (result.status, result.message) for result in report.results} == {
         "label org.opencontainers.image.title": (
             "fail",
-            f"{PARENT}: label org.opencontainers.image.title is 'smoke-test-parent', expected 'arr-trainer'",
+            f"{PARENT}: label org.opencontainers.image.title is '{PARENT}', expected 'arr-trainer'",
         ),
         "label org.opencontainers.image.version": (
             "fail",
@@ -272,42 +275,111 @@ matmul = true
 """
 
 
-def test_gpu_checks_skip_here_and_fail_with_require_gpu(repo: Path, engine: Engine) -> None:
-    assert not engine.gpu_available()
+def test_gpu_checks_skip_here_and_fail_with_require_gpu(
+    repo: Path, engine: Engine, session: SmokeSession
+) -> None:
     checks = parse_smoke_checks(tomllib.loads(GPU_CHECKS), "test")
     target = SmokeTarget(PARENT, reference_of(repo, PARENT), checks)
-    (skipped,) = run_smoke(engine, [target])
+    (skipped,) = run_smoke(engine, [target], session)
     assert {(result.check, result.status, result.message) for result in skipped.results} == {
         (check, "skip", f"{PARENT}: skipped: no GPU")
         for check in ("command nvidia-smi", "cuda available", "cuda min_devices", "cuda matmul")
     }
     assert not skipped.failed
-    (required,) = run_smoke(engine, [target], require_gpu=True)
+    (required,) = run_smoke(engine, [target], session, require_gpu=True)
     assert {(result.check, result.status) for result in required.results} == {
         (check, "fail")
         for check in ("command nvidia-smi", "cuda available", "cuda min_devices", "cuda matmul")
     }
     assert by_check(required)["cuda matmul"].message == (
-        f"{PARENT}: cuda.matmul needs a GPU, but the engine offers none (--require-gpu)"
+        f"{PARENT}: cuda.matmul needs a GPU, but the engine offers none (no NVIDIA runtime, "
+        "CDI GPU device or GPU device driver in the engine) (--require-gpu)"
     )
 
 
-def test_container_time_limit(repo: Path, engine: Engine) -> None:
-    checks = parse_smoke_checks({"timeout_seconds": 3, "imports": ["smokedemo.slow"]}, "test")
-    report = smoke_image(engine, SmokeTarget(PARENT, reference_of(repo, PARENT), checks), gpu=False)
+def test_a_hanging_import_is_named_and_the_container_ends(
+    repo: Path, engine: Engine, session: SmokeSession
+) -> None:
+    checks = parse_smoke_checks(
+        {"timeout_seconds": 3, "imports": ["smokedemo", "smokedemo.slow", "json"]}, "test"
+    )
+    report = smoke_image(engine, SmokeTarget(PARENT, reference_of(repo, PARENT), checks), session)
     assert [(result.check, result.status, result.message) for result in report.results] == [
-        ("probe", "fail", f"{PARENT}: timed out after 3s")
+        ("import smokedemo", "pass", f"{PARENT}: module smokedemo imports"),
+        ("import smokedemo.slow", "fail", f"{PARENT}: import of smokedemo.slow timed out after 3 s"),
+        (
+            "import json",
+            "fail",
+            f"{PARENT}: not run: timeout_seconds (3 s) ran out during import of smokedemo.slow",
+        ),
     ]
-    assert report.seconds < 30
+    assert report.seconds < 3 + 10, "the probe stops itself at timeout_seconds, not the host's backstop"
 
 
-def test_image_without_the_interpreter(repo: Path, engine: Engine) -> None:
+def test_a_two_second_command_in_a_ten_second_container(
+    repo: Path, engine: Engine, session: SmokeSession
+) -> None:
+    checks = parse_smoke_checks(
+        {"timeout_seconds": 10, "commands": [{"name": "two-seconds", "run": ["sleep", "2"]}]}, "test"
+    )
+    report = smoke_image(engine, SmokeTarget(PARENT, reference_of(repo, PARENT), checks), session)
+    assert [(result.check, result.status, result.message) for result in report.results] == [
+        ("command two-seconds", "pass", f"{PARENT}: command two-seconds exited 0")
+    ]
+
+
+def test_output_is_searched_whole(repo: Path, engine: Engine, session: SmokeSession) -> None:
+    # 20 kB of output whose match is at the very start: beyond any 16,000-character tail.
+    printer = ["python3", "-c", "import sys; sys.stdout.write('usage: smoke-tool\\n' + 'y' * 20000)"]
+    commands = [
+        {"name": "match-at-start", "run": printer, "output": "^usage: smoke-tool"},
+        {"name": "no-match", "run": printer, "output": "^usage: other-tool"},
+    ]
+    checks = parse_smoke_checks({"commands": commands}, "test")
+    report = smoke_image(engine, SmokeTarget(PARENT, reference_of(repo, PARENT), checks), session)
+    results = by_check(report)
+    assert results["command match-at-start"].status == "pass"
+    assert results["command no-match"].status == "fail"
+    assert results["command no-match"].message == (
+        f"{PARENT}: command no-match output does not match '^usage: other-tool'; it printed 20,018 bytes, "
+        f"starting {'usage: smoke-tool' + chr(10) + 'y' * 82!r} and ending {'y' * 100!r}"
+    )
+
+
+def test_image_without_the_interpreter(repo: Path, engine: Engine, session: SmokeSession) -> None:
     checks = parse_smoke_checks({"python": "python9", "imports": ["json"]}, "test")
-    report = smoke_image(engine, SmokeTarget(PARENT, reference_of(repo, PARENT), checks), gpu=False)
+    report = smoke_image(engine, SmokeTarget(PARENT, reference_of(repo, PARENT), checks), session)
     ((check, status, message),) = [(result.check, result.status, result.message) for result in report.results]
-    assert (check, status) == ("probe", "fail")
-    assert message.startswith(f"{PARENT}: cannot start the probe with 'python9': ")
+    assert (check, status) == ("import json", "fail")
+    assert message.startswith(f"{PARENT}: not observed: cannot start the probe with 'python9': ")
     assert "executable file not found" in message
+
+
+def test_size_limit_and_no_checks(repo: Path, engine: Engine, session: SmokeSession) -> None:
+    reference = reference_of(repo, PARENT)
+    size = engine.inspect_image(reference).size
+    assert size > 10**6
+    small = parse_smoke_checks({"max_size_gb": size / 1e9 / 2}, "test")
+    large = parse_smoke_checks({"max_size_gb": 100}, "test")
+    (too_big,) = smoke_image(engine, SmokeTarget(PARENT, reference, small), session).results
+    assert (too_big.check, too_big.status) == ("size", "fail")
+    assert too_big.message == (
+        f"{PARENT}: image is {size / 1e9:.2f} GB, larger than max_size_gb {size / 1e9 / 2:g}"
+    )
+    (fits,) = smoke_image(engine, SmokeTarget(PARENT, reference, large), session).results
+    assert (fits.status, fits.message) == (
+        "pass",
+        f"{PARENT}: image is {size / 1e9:.2f} GB, within max_size_gb 100",
+    )
+    nothing = SmokeTarget(PARENT, reference, parse_smoke_checks({"timeout_seconds": 5}, "test"))
+    (skipped,) = smoke_image(engine, nothing, session).results
+    assert (skipped.check, skipped.status) == ("no checks", "skip")
+    assert skipped.message == (
+        f"{PARENT}: declares no smoke checks: nothing was verified; add checks to [smoke] in "
+        f"images/{PARENT}/image.toml"
+    )
+    (strict,) = smoke_image(engine, nothing, session, strict=True).results
+    assert (strict.check, strict.status) == ("no checks", "fail")
 
 
 def test_not_built_names_invoke_cascade(repo: Path, engine: Engine, tmp_path: Path) -> None:
@@ -323,24 +395,44 @@ def test_not_built_names_invoke_cascade(repo: Path, engine: Engine, tmp_path: Pa
 
 
 def test_main_writes_junit_and_exits_non_zero_on_failure(
-    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    repo: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(repo)
     assert main([PARENT, CHILD]) == 0
     junit = repo / "reports" / "smoke-junit.xml"
-    suites = ElementTree.parse(junit).getroot()
+    suites = assert_valid_junit(junit)
     assert [suite.get("name") for suite in suites] == [PARENT, CHILD]
-    assert suites.get("failures") == "0"
+    assert {suite.get("failures") for suite in suites} == {"0"}
     assert main([]) == 1
-    suites = ElementTree.parse(junit).getroot()
+    suites = assert_valid_junit(junit)
     broken = suites.find(f"testsuite[@name='{BROKEN}']")
     assert broken is not None and broken.get("failures") == "1"
     failure = broken.find("testcase[@name='version smokedemo']/failure")
     assert failure is not None
     assert failure.get("message") == f"{BROKEN}: smokedemo 0.1.0 does not satisfy ==1.2.3"
-    assert "smokedemo 0.1.0 does not satisfy ==1.2.3" in capsys.readouterr().err
+    coloured = suites.find(f"testsuite[@name='{COLOUR}']/testcase[@name='command coloured-error']/failure")
+    assert coloured is not None
+    assert coloured.get("message") == f"{COLOUR}: command coloured-error exited 3: error: it broke"
+    bare = suites.find(f"testsuite[@name='{BARE}']/testcase[@name='no checks']/skipped")
+    assert bare is not None
+    assert b"\x1b" not in junit.read_bytes()
+    shown = capsys.readouterr().err
+    assert "smokedemo 0.1.0 does not satisfy ==1.2.3" in shown
+    assert f"{COLOUR}: command coloured-error exited 3: error: it broke" in shown
+    assert f"warning: {BARE}: declares no smoke checks: nothing was verified" in shown
+    assert "\x1b" not in shown, "not a terminal: not one escape sequence"
+    parent_size = human_size(engine.inspect_image(reference_of(repo, PARENT)).size)
+    assert re.search(rf"{PARENT} +│ {re.escape(parent_size)} ", shown), "the table shows each image's size"
+    assert main(["--strict", BARE]) == 1
+    assert f"{BARE}: declares no smoke checks (--strict)" in capsys.readouterr().err
     assert main(["no-such-image"]) == 2
     assert "unknown image no-such-image" in capsys.readouterr().err
+    (repo / "not-a-folder").write_text("")
+    assert main(["--junit", str(repo / "not-a-folder" / "junit.xml"), BARE]) == 2
+    assert (
+        f"error: cannot write the JUnit report {repo / 'not-a-folder' / 'junit.xml'}: "
+        in capsys.readouterr().err
+    )
 
 
 def test_registry_images_are_pulled_and_registry_errors_are_not_missing(

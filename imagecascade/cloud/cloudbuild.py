@@ -1,51 +1,51 @@
 """The Cloud Build backend: submits, follows and cancels builds through `cloudbuild_api`.
 
-Each image's build is its committed `cloudbuild/<image>.yaml` with substitutions filled in from
-the plan, run on a gzipped tarball of exactly the hashed context. Before submitting, an ongoing
-build of the same image and hash is looked up by its tags and followed instead, so a build is
-never submitted twice. Monitoring polls the build with backoff; 429 and 503 answers are retried
-and never count as failures.
+Each image's build is its committed `cloudbuild/<image>.yaml` put together by `submission.py`,
+run on a gzipped tarball of exactly the hashed context, pinned to the uploaded object's
+generation. Before submitting, an ongoing build of the same image, hash, registry and region is
+looked up by its tags and followed instead. A build is followed until it finishes, through any
+number of transient API failures (a six-hour build is polled over a thousand times); its status,
+not the log and not a poll that failed, decides the image. Only builds this run submitted are
+ever cancelled (Ctrl-C, `--queued-timeout`).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import google.auth.credentials
-from google.cloud.devtools import cloudbuild_v1
-from google.protobuf import json_format
 
-from imagecascade.cloud import cloudbuild_config
 from imagecascade.cloud.cloudbuild_api import (
-    ONGOING,
-    WAITING,
-    BuildLogReader,
     CloudBuildApi,
-    CloudBuildFlags,
-    Interrupted,
-    Status,
-    Timing,
+    RemoteBuild,
+    anonymous_credentials,
     application_default_credentials,
-    call_with_retries,
     console_url,
     endpoints,
     is_loopback_url,
     source_object_name,
 )
-from imagecascade.cloud.gcs import CloudStorage
+from imagecascade.cloud.gcs import CloudStorage, SourceObject
+from imagecascade.cloud.log_tail import LogTail
+from imagecascade.cloud.retry import Interrupted, Timing, is_transient
+from imagecascade.cloud.submission import Submission, build_submission, secret_refusals
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
 from imagecascade.core.build_log import BuildLog
-from imagecascade.core.build_options import CloudBuildOptions
-from imagecascade.core.context_tar import plan_packing, write_context_tar
+from imagecascade.core.build_options import CloudBuildFlags
+from imagecascade.core.context_tar import write_context_tar
+from imagecascade.core.plan import PlannedImage
+from imagecascade.core.refusals import Refusal
 from imagecascade.core.settings import Settings
-from imagecascade.errors import ConfigError
+from imagecascade.errors import BackendError, ConfigError
+
+Emit = Callable[..., None]
 
 
 class CloudBuildBackend:
@@ -66,6 +66,7 @@ class CloudBuildBackend:
         environ = os.environ if environ is None else environ
         self._settings = settings
         self._flags = flags or CloudBuildFlags()
+        self._flags.check()
         self._timing = timing or Timing()
         if not settings.cloudbuild_project:
             raise ConfigError(
@@ -78,125 +79,28 @@ class CloudBuildBackend:
                 "or set [registry] url in cascade.toml"
             )
         self._project = settings.cloudbuild_project
-        self._bucket = settings.effective_bucket
         self._cloudbuild_endpoint, self._storage_endpoint = endpoints(environ)
-        anonymous = google.auth.credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
-        need_adc = not (
-            self._cloudbuild_endpoint
-            and is_loopback_url(self._cloudbuild_endpoint)
-            and self._storage_endpoint
-            and is_loopback_url(self._storage_endpoint)
-        )
-        adc = (
-            credentials
-            if credentials is not None
-            else (application_default_credentials() if need_adc else None)
-        )
-        self._cloudbuild_credentials = (
-            anonymous if self._cloudbuild_endpoint and is_loopback_url(self._cloudbuild_endpoint) else adc
-        )
-        self._storage_credentials = (
-            anonymous if self._storage_endpoint and is_loopback_url(self._storage_endpoint) else adc
-        )
+        build_local = bool(self._cloudbuild_endpoint and is_loopback_url(self._cloudbuild_endpoint))
+        storage_local = bool(self._storage_endpoint and is_loopback_url(self._storage_endpoint))
+        adc = credentials
+        if adc is None and not (build_local and storage_local):
+            adc = application_default_credentials()
+        self._cloudbuild_credentials = anonymous_credentials() if build_local else adc
+        self._storage_credentials = anonymous_credentials() if storage_local else adc
+        self._buckets: dict[str, threading.Lock] = {}
+        self._ready: set[str] = set()
+        self._buckets_lock = threading.Lock()
 
-    def _client(self) -> cloudbuild_v1.CloudBuildClient:
-        options = {"api_endpoint": self._cloudbuild_endpoint} if self._cloudbuild_endpoint else None
-        return cloudbuild_v1.CloudBuildClient(
-            transport="rest", credentials=self._cloudbuild_credentials, client_options=options
-        )
+    def submission(self, request: BuildRequest) -> Submission:
+        """What would be submitted for `request` (without its source); ConfigError when refused."""
+        return build_submission(request, self._settings, self._flags)
 
-    def _storage(self) -> CloudStorage:
-        return CloudStorage.connect(self._project, self._storage_credentials, self._storage_endpoint)
-
-    def region_for(self, options: CloudBuildOptions) -> str:
-        if options.region:
-            return options.region
-        if options.worker_pool:
-            # Builds on a private pool run in the pool's region: projects/P/locations/R/workerPools/N.
-            parts = options.worker_pool.split("/")
-            if len(parts) >= 4 and parts[2] == "locations":
-                return parts[3]
-        return self._settings.cloudbuild_region or "global"
-
-    def submission(self, request: BuildRequest) -> tuple[cloudbuild_v1.Build, CloudBuildOptions]:
-        """The build to submit for `request` (without its source), checked like Cloud Build would."""
-        image = request.image
-        path = cloudbuild_config.config_path(self._settings.root, image.name)
-        config = cloudbuild_config.load_config(path)
-        substitutions = cloudbuild_config.image_substitutions(
-            tag=image.tag, registry=request.registry, build_args=request.build_args, labels=request.labels
-        )
-        cloudbuild_config.check_substitutions(path, config, substitutions)
-        resolved = cloudbuild_config.apply_substitutions(
-            config, {**config.get("substitutions", {}), **substitutions}
-        )
-        listed = [str(item) for item in resolved.get("images") or []]
-        if listed != list(request.references):
-            raise ConfigError(
-                f"{path}: images: must list {', '.join(request.references)} (the hash tag first, then "
-                f"latest); with these substitutions it lists {', '.join(listed) or 'none'}"
-            )
-        expected_tags = {"imagecascade", image.name, f"hash-{image.tag}"}
-        if not expected_tags <= set(resolved.get("tags") or []):
-            raise ConfigError(f"{path}: tags: must include imagecascade, {image.name} and hash-${{_TAG}}")
-        dockerfile = plan_packing(
-            image.spec.context, image.spec.dockerfile, image.inputs.files, any_side_name=False
-        ).dockerfile_name
-        declared = [
-            arg.partition("=")[2]
-            for step in resolved["steps"]
-            for arg in (step.get("args") or [])
-            if isinstance(arg, str) and arg.startswith("--file=")
-        ]
-        if declared and declared != [dockerfile]:
-            raise ConfigError(
-                f"{path}: the docker step must read --file={dockerfile} (the Dockerfile's path in the source)"
-            )
-        options = self._flags.options_for(image.spec.cloudbuild)
-        body = {key: value for key, value in config.items() if key != "substitutions"}
-        try:
-            build = cloudbuild_v1.Build.from_json(json.dumps(body))
-        except json_format.ParseError as error:
-            raise ConfigError(f"{path}: not a valid Cloud Build config: {error}") from error
-        build.substitutions = {**config.get("substitutions", {}), **substitutions}
-        build.timeout = datetime.timedelta(minutes=options.timeout_minutes)
-        if options.worker_pool:
-            # A private pool fixes machine type and disk itself; Cloud Build refuses both beside it.
-            build.options.pool = cloudbuild_v1.BuildOptions.PoolOption(name=options.worker_pool)
-            return build, options
-        machine_types = cloudbuild_v1.BuildOptions.MachineType.__members__
-        if options.machine_type and options.machine_type not in machine_types:
-            known = ", ".join(name for name in machine_types if name != "UNSPECIFIED")
-            raise ConfigError(f"{image.name}: machine type {options.machine_type!r} is not one of {known}")
-        if options.machine_type:
-            build.options.machine_type = machine_types[options.machine_type]
-        if options.disk_size_gb:
-            build.options.disk_size_gb = options.disk_size_gb
-        return build, options
-
-    def upload_source(self, request: BuildRequest, storage: CloudStorage) -> tuple[str, str, bool]:
-        """(bucket, object, uploaded now) for the gzipped tarball of exactly the hashed files."""
-        image = request.image
-        name = source_object_name(image.name, image.hash)
-        with tempfile.TemporaryFile() as tarball:
-            write_context_tar(
-                image.spec.context,
-                image.spec.dockerfile,
-                image.inputs.files,
-                tarball,
-                compression="gz",
-                any_side_name=False,
-            )
-            tarball.seek(0)
-            default_bucket = self._bucket == f"{self._project}_cloudbuild"
-            uploaded = storage.upload_once(self._bucket, name, tarball, create_bucket=default_bucket)
-        return self._bucket, name, uploaded
+    def refusal(self, image: PlannedImage, settings: Settings) -> tuple[Refusal, ...]:
+        """Why Cloud Build cannot build `image`: a required secret without a Secret Manager version."""
+        return secret_refusals(image, settings)
 
     def build(
-        self,
-        request: BuildRequest,
-        on_event: Callable[[BuildEvent], None],
-        cancelled: threading.Event,
+        self, request: BuildRequest, on_event: Callable[[BuildEvent], None], cancelled: threading.Event
     ) -> BuildOutcome:
         image = request.image
         title = f"{image.name}:{image.tag} on Cloud Build"
@@ -216,128 +120,202 @@ class CloudBuildBackend:
                 build_log.note(message, live=False)
                 build_log.event(BuildEvent(image=image.name, kind=kind, message=message))
 
-        submission, options = self.submission(request)
-        region = self.region_for(options)
-        client = self._client()
-        storage = self._storage()
-        remote = CloudBuildApi(client, self._project, region, self._timing)
         try:
-            try:
-                current = remote.ongoing(image.name, image.tag)
-                owned = current is None
-                if current is None:
-                    bucket, name, uploaded = call_with_retries(
-                        "Cloud Storage",
-                        "upload the source",
-                        lambda: self.upload_source(request, storage),
-                        self._timing,
-                    )
-                    emit(
-                        "state",
-                        f"source gs://{bucket}/{name} {'uploaded' if uploaded else 'already uploaded'}",
-                    )
-                    submission.source = cloudbuild_v1.Source(
-                        storage_source=cloudbuild_v1.StorageSource(bucket=bucket, object_=name)
-                    )
-                    if cancelled.is_set():
-                        raise BuildError(f"{image.name}: cancelled before submitting")
-                    # A 429/503 on create may hide a build that was created: look again before each retry.
-                    current = remote.call(
-                        f"submit {image.name}",
-                        lambda: remote.ongoing(image.name, image.tag) or remote.create(submission),
-                    )
-                    action = "submitted"
-                else:
-                    action = "following the ongoing"
-                url = console_url(current.id, region, self._project)
-                emit("state", f"{action} Cloud Build {current.id}: {url}")
-                return self._follow(remote, storage, current, owned, request, emit, cancelled)
-            except Interrupted as error:
-                raise BuildError(f"{image.name}: cancelled") from error
+            submission = self.submission(request)
+        except ConfigError as error:
+            raise BuildError(f"{image.name}: {error}") from error
+        for note in submission.notes:
+            emit("state", note)
+        region = submission.region
+        assert self._cloudbuild_credentials is not None
+        api = CloudBuildApi(
+            project=self._project,
+            region=region,
+            credentials=self._cloudbuild_credentials,
+            endpoint=self._cloudbuild_endpoint,
+            timing=self._timing,
+        )
+        storage = CloudStorage.connect(
+            self._project, self._storage_credentials, self._storage_endpoint, self._timing
+        )
+        try:
+            current = api.ongoing(submission.lookup_tags, request.references[0], cancelled)
+            owned = current is None
+            if current is None:
+                source = self._upload(request, region, storage, cancelled)
+                emit(
+                    "state", f"source gs://{source.bucket}/{source.name}#{source.generation} {source.action}"
+                )
+                if cancelled.is_set():
+                    raise BuildError(f"{image.name}: cancelled before submitting")
+                tag = f"submission-{uuid.uuid4().hex[:16]}"
+                body = submission.with_source(source.bucket, source.name, source.generation, tag)
+                try:
+                    current = api.submit(body, tag, cancelled)
+                except Interrupted:
+                    api.withdraw(tag)  # a create whose answer was lost may have made it
+                    raise
+                action = "submitted"
+            else:
+                action = "following the ongoing"
+            url = current.log_url or console_url(current.id, region, self._project)
+            emit("state", f"{action} Cloud Build {current.id}: {url}")
+            return self._follow(api, storage, current, owned, submission, request, emit, cancelled)
+        except Interrupted as error:
+            raise BuildError(f"{image.name}: cancelled") from error
+        except ConfigError as error:
+            raise BuildError(f"{image.name}: {error}") from error
         finally:
-            client.transport.close()  # type: ignore[no-untyped-call]
+            api.close()
             storage.close()
+
+    def _upload(
+        self, request: BuildRequest, region: str, storage: CloudStorage, cancelled: threading.Event
+    ) -> SourceObject:
+        """The gzipped tarball of exactly the hashed files, in a bucket that is the project's."""
+        image = request.image
+        bucket, default = self._settings.source_bucket(region)
+        with self._buckets_lock:
+            lock = self._buckets.setdefault(bucket, threading.Lock())
+        with lock:  # parallel builds check and create the bucket once
+            if bucket not in self._ready:
+                storage.ensure_bucket(
+                    bucket,
+                    project=self._project,
+                    location=region if default and region != "global" else "",
+                    owned_by_project=default,
+                    stop=cancelled,
+                )
+                self._ready.add(bucket)
+        with tempfile.TemporaryFile() as tarball:
+            # The configs name the Dockerfile, so a side file gets the fixed name (core/context_tar.py).
+            write_context_tar(
+                image.spec.context,
+                image.spec.dockerfile,
+                image.inputs.files,
+                tarball,
+                compression="gz",
+                any_side_name=False,
+            )
+            return storage.upload_source(
+                bucket, source_object_name(image.name, image.hash), tarball, cancelled
+            )
 
     def _follow(
         self,
-        remote: CloudBuildApi,
+        api: CloudBuildApi,
         storage: CloudStorage,
-        build: cloudbuild_v1.Build,
+        build: RemoteBuild,
         owned: bool,
+        submission: Submission,
         request: BuildRequest,
-        emit: Callable[..., None],
+        emit: Emit,
         cancelled: threading.Event,
     ) -> BuildOutcome:
-        image = request.image
+        name = request.image.name
         timing = self._timing
-        queued_timeout = self._flags.queued_timeout
         started = time.monotonic()
-        state: Any = None
+        state = ""
         working_step = -1
         interval = timing.poll_initial
-        log = BuildLogReader.for_build(storage, build, timing.log_tail_lines)
+        log = LogTail(storage, timing.log_tail_lines)
+        warnings: set[str] = set()
+        give_up_at = _give_up_at(build, timing)
+        said_unreachable = said_not_ours = False
         while True:
             if cancelled.is_set():
                 if owned:
-                    remote.cancel(build.id)
-                    raise BuildError(f"{image.name}: cancelled; Cloud Build {build.id} cancelled")
-                raise BuildError(
-                    f"{image.name}: cancelled; Cloud Build {build.id} (not started here) left running"
-                )
+                    api.cancel(build.id)
+                    raise BuildError(f"{name}: cancelled; Cloud Build {build.id} cancelled")
+                raise BuildError(f"{name}: cancelled; Cloud Build {build.id} (not started here) left running")
             try:
-                build = remote.get(build.id, cancelled)
+                build = api.get(build.id, cancelled)
+                give_up_at = _give_up_at(build, timing)
             except Interrupted:
                 continue  # the cancellation branch above runs next
+            except BackendError as error:
+                cause = error.__cause__
+                if not (cause is not None and is_transient(cause) and time.monotonic() < give_up_at):
+                    raise BackendError(
+                        f"{error}; Cloud Build {build.id} goes on without this run "
+                        f"({console_url(build.id, api.region, self._project)}); a rerun follows it"
+                    ) from error
+                if not said_unreachable:
+                    said_unreachable = True
+                    emit(
+                        "state", f"warning: Cloud Build does not answer ({error}); still following {build.id}"
+                    )
+                cancelled.wait(interval)
+                continue
             elapsed = time.monotonic() - started
             if build.status != state:
                 state = build.status
                 interval = timing.poll_initial
-                emit("state", f"{state.name} (elapsed {_clock(elapsed)})")
-            if log is None:
-                log = BuildLogReader.for_build(storage, build, timing.log_tail_lines)
-            steps = len(build.steps)
-            for index, step in enumerate(build.steps):
-                if step.status == Status.WORKING and index > working_step:
+                emit("state", f"{state} (elapsed {_clock(elapsed)})")
+            for text in build.warnings:
+                if text not in warnings:
+                    warnings.add(text)
+                    emit("state", f"Cloud Build warning: {text}")
+            for index, (step, status) in enumerate(build.steps):
+                if status == "WORKING" and index > working_step:
                     working_step = index
-                    emit("step", step.id or step.name, step=index + 1, steps=steps)
-            if log is not None:
-                for line in log.read_new(final=build.status not in ONGOING):
-                    emit("log", line)
-            if build.status not in ONGOING:
+                    emit("step", step, step=index + 1, steps=len(build.steps))
+            for kind, line in log.read(build, submission.logging):
+                emit(kind, line)
+            if build.finished:
                 return self._result(build, request, log, emit)
-            if build.status in WAITING and queued_timeout is not None and elapsed > queued_timeout:
-                remote.cancel(build.id)
-                raise BuildError(
-                    f"{image.name}: Cloud Build {build.id} waited in {build.status.name} for more than "
-                    f"{queued_timeout:.0f} s (--queued-timeout); cancelled it",
-                    tuple(log.tail) if log else (),
-                )
+            waited = _queued_for(build)
+            if build.waiting and submission.queued_timeout is not None and waited > submission.queued_timeout:
+                if owned:
+                    api.cancel(build.id)
+                    raise BuildError(
+                        f"{name}: Cloud Build {build.id} waited in {build.status} for {waited:.0f} s, "
+                        f"more than --queued-timeout {submission.queued_timeout:.0f} s; cancelled it",
+                        tuple(log.tail),
+                    )
+                if not said_not_ours:
+                    said_not_ours = True
+                    emit("state", "queued beyond --queued-timeout, but not submitted by this run: left alone")
             cancelled.wait(interval)
             interval = min(interval * 1.5, timing.poll_max)
 
-    def _result(
-        self,
-        build: cloudbuild_v1.Build,
-        request: BuildRequest,
-        log: BuildLogReader | None,
-        emit: Callable[..., None],
-    ) -> BuildOutcome:
+    def _result(self, build: RemoteBuild, request: BuildRequest, log: LogTail, emit: Emit) -> BuildOutcome:
         name = request.image.name
-        tail = tuple(log.tail) if log else ()
-        if build.status != Status.SUCCESS:
-            detail = f": {build.status_detail}" if build.status_detail else ""
-            raise BuildError(f"{name}: Cloud Build {build.id} ended {build.status.name}{detail}", tail)
-        digests = {item.name: item.digest for item in build.results.images}
+        tail = tuple(log.tail)
+        if build.status != "SUCCESS":
+            details = [text for text in (build.failure, build.status_detail) if text]
+            detail = f": {'; '.join(dict.fromkeys(details))}" if details else ""
+            where = f" (log: {build.log_url})" if build.log_url else ""
+            raise BuildError(f"{name}: Cloud Build {build.id} ended {build.status}{detail}{where}", tail)
         for reference in request.references:
-            if reference in digests:
-                emit("pushed", f"{reference}@{digests[reference]}")
-        digest = digests.get(request.references[0])
+            if reference in build.digests:
+                emit("pushed", f"{reference}@{build.digests[reference]}")
+        digest = build.digests.get(request.references[0])
         if not digest:
             raise BuildError(
-                f"{name}: Cloud Build {build.id} succeeded without a digest for {request.references[0]}",
-                tail,
+                f"{name}: Cloud Build {build.id} succeeded without a digest for {request.references[0]}", tail
             )
         return BuildOutcome(digest=digest, log_tail=tail)
+
+
+def _give_up_at(build: RemoteBuild, timing: Timing) -> float:
+    """The monotonic time after which a build that cannot be asked about is given up.
+
+    Polls go on through transient failures for as long as the build itself may run.
+    """
+    at_least = time.monotonic() + timing.transient_limit
+    deadline = build.deadline(timing.deadline_margin)
+    if deadline is None:
+        return at_least
+    remaining = (deadline - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return max(at_least, time.monotonic() + remaining)
+
+
+def _queued_for(build: RemoteBuild) -> float:
+    """Seconds since Cloud Build created `build` (queueTtl counts from createTime too)."""
+    if build.created is None:
+        return 0.0
+    return (datetime.datetime.now(datetime.UTC) - build.created).total_seconds()
 
 
 def _clock(seconds: float) -> str:

@@ -1,75 +1,93 @@
-"""Calls to the Cloud Build REST API with their retry policy; the only module importing google-cloud-build.
+"""Calls to the Cloud Build REST API; the only module importing google-cloud-build.
 
-429 and 503 answers are retried with backoff and never count as failures; other API errors and
-unreachable endpoints are BackendErrors. Also: the build log reader (ranged reads of the logs
-bucket) and gcloud's endpoint override conventions.
+Every call runs under the one retry policy of `retry.py`. Reads (get, list) and cancel are
+idempotent and simply retried; create is not: a build is tagged with a tag unique to its
+submission, and after any failed create the build is first looked up by that tag, so a create
+whose answer was lost is never submitted a second time. Builds come back as `RemoteBuild` values,
+so nothing above this module touches the generated types. Also: gcloud's endpoint override
+conventions and Application Default Credentials.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import datetime
+import json
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import google.api_core.exceptions as api_exceptions
 import google.auth
 import google.auth.credentials
 import google.auth.exceptions
-import requests.exceptions
-import tenacity
+import google.auth.transport.requests
 from google.cloud.devtools import cloudbuild_v1
+from google.protobuf import json_format
 
-from imagecascade.cloud.gcs import CloudStorage
-from imagecascade.core.build_options import CloudBuildOptions
+from imagecascade.cloud.cloudbuild_config import apply_substitutions
+from imagecascade.cloud.retry import LOGIN_FIX, Timing, call_with_retries, describe_error
+from imagecascade.core.backend import BuildError
 from imagecascade.errors import BackendError, ConfigError
 
 CLOUDBUILD_OVERRIDE = "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDBUILD"
 STORAGE_EMULATOR = "STORAGE_EMULATOR_HOST"
+DEFAULT_ENDPOINT = "https://cloudbuild.googleapis.com"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
-LOGIN_FIX = "run `gcloud auth application-default login`"
-
-Status = cloudbuild_v1.Build.Status
-ONGOING = frozenset({Status.PENDING, Status.QUEUED, Status.WORKING})
-WAITING = frozenset({Status.PENDING, Status.QUEUED})
-TRANSIENT = (api_exceptions.TooManyRequests, api_exceptions.ServiceUnavailable)
+TERMINAL = frozenset({"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"})
+WAITING = frozenset({"PENDING", "QUEUED"})
+CALL_TIMEOUT = 60.0  # seconds for one HTTP call; a hung connection is then retried
+LIST_PAGE = 50
+_STOPPED = threading.Event()
+_STOPPED.set()  # a stop that is already set: one attempt, no retries
 
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Timing:
-    """How often to ask and how long to wait; tests shrink these to milliseconds."""
+class RemoteBuild:
+    """What the backend needs of a Cloud Build `Build` resource."""
 
-    poll_initial: float = 2.0  # seconds between polls right after a change
-    poll_max: float = 15.0  # polls slow down to this while nothing changes
-    retry_initial: float = 1.0  # first wait after a 429/503
-    retry_max: float = 30.0
-    transient_limit: float = 900.0  # 429/503 for this long in a row is a BackendError
-    log_tail_lines: int = 30
+    id: str
+    location: str  # "global" or the region
+    status: str  # a Build.Status name; STATUS_UNKNOWN counts as still running
+    status_detail: str = ""
+    failure: str = ""  # failureInfo.detail
+    warnings: tuple[str, ...] = ()
+    log_url: str = ""
+    logs_bucket: str = ""  # gs://bucket[/prefix]: where log-<id>.txt is written
+    logging: str = ""  # options.logging ("" = LEGACY)
+    created: datetime.datetime | None = None
+    timeout_seconds: float = 0.0  # 0: not known
+    queue_ttl_seconds: float = 0.0
+    steps: tuple[tuple[str, str], ...] = ()  # (id or name, status)
+    images: tuple[str, ...] = ()
+    digests: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    substitutions: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
+    @property
+    def pushes(self) -> tuple[str, ...]:
+        """`images` with the build's own substitutions applied (Cloud Build may report either)."""
+        resolved = apply_substitutions({"images": list(self.images)}, self.substitutions)
+        return tuple(str(image) for image in resolved.get("images", []))
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CloudBuildFlags:
-    """Command-line flags; None means not given (the image's own `[cloudbuild]` value stays)."""
-
-    machine_type: str | None = None
-    disk_size_gb: int | None = None
-    timeout_minutes: int | None = None
-    worker_pool: str | None = None
-    region: str | None = None
-    queued_timeout: float | None = None  # seconds a build may wait in QUEUED before it is cancelled
-
-    def options_for(self, image_options: CloudBuildOptions) -> CloudBuildOptions:
-        return image_options.with_overrides(
-            machine_type=self.machine_type,
-            disk_size_gb=self.disk_size_gb,
-            timeout_minutes=self.timeout_minutes,
-            worker_pool=self.worker_pool,
-            region=self.region,
+    def deadline(self, margin: float) -> datetime.datetime | None:
+        """When Cloud Build will have ended this build whatever happens (plus `margin` seconds)."""
+        if self.created is None or not self.timeout_seconds:
+            return None
+        return self.created + datetime.timedelta(
+            seconds=self.queue_ttl_seconds + self.timeout_seconds + margin
         )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def waiting(self) -> bool:
+        return self.status in WAITING
 
 
 def is_loopback_url(url: str) -> bool:
@@ -108,66 +126,38 @@ def application_default_credentials() -> google.auth.credentials.Credentials:
     return credentials
 
 
-def describe_error(error: Exception) -> str:
-    if isinstance(error, api_exceptions.GoogleAPICallError):
-        text = f"{error.code} {error.message}" if error.code else str(error.message)
-        if isinstance(error, api_exceptions.Unauthenticated | api_exceptions.PermissionDenied):
-            text += f" (check the project and your access; {LOGIN_FIX})"
-        return text
-    return str(error)
-
-
-def call_with_retries(
-    service: str, what: str, function: Callable[[], T], timing: Timing, stop: threading.Event | None = None
-) -> T:
-    """`function()`, retrying 429/503 with backoff until `transient_limit` passes or `stop` is set.
-
-    Other API errors and unreachable endpoints are BackendErrors at once.
-    """
-    stop = stop or threading.Event()
-
-    def sleep(seconds: float) -> None:
-        stop.wait(seconds)  # a cancellation ends the wait at once
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(TRANSIENT),
-        wait=tenacity.wait_exponential(multiplier=timing.retry_initial, max=timing.retry_max)
-        + tenacity.wait_random(0, timing.retry_initial),
-        stop=tenacity.stop_any(
-            tenacity.stop_after_delay(timing.transient_limit), tenacity.stop_when_event_set(stop)
-        ),
-        sleep=sleep,
-        reraise=True,
-    )
-    try:
-        return retrying(function)
-    except TRANSIENT as error:
-        if stop.is_set():
-            raise Interrupted() from error
-        raise BackendError(
-            f"{service}: {what}: still {describe_error(error)} "
-            f"after {timing.transient_limit:.0f} s of retries"
-        ) from error
-    except api_exceptions.GoogleAPICallError as error:
-        raise BackendError(f"{service}: {what}: {describe_error(error)}") from error
-    except requests.exceptions.RequestException as error:
-        raise BackendError(f"{service}: {what}: cannot reach the service ({error})") from error
-
-
-class Interrupted(Exception):
-    """Retries stopped because the run was cancelled."""
+def anonymous_credentials() -> google.auth.credentials.Credentials:
+    return google.auth.credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
 
 
 class CloudBuildApi:
     """The calls to one region of Cloud Build with the retry policy around each."""
 
     def __init__(
-        self, client: cloudbuild_v1.CloudBuildClient, project: str, region: str, timing: Timing
+        self,
+        *,
+        project: str,
+        region: str,
+        credentials: google.auth.credentials.Credentials,
+        endpoint: str | None,
+        timing: Timing,
     ) -> None:
-        self.client = client
+        options = {"api_endpoint": endpoint} if endpoint else None
+        self._client = cloudbuild_v1.CloudBuildClient(
+            transport="rest", credentials=credentials, client_options=options
+        )
+        self._credentials = credentials
+        self._endpoint = (
+            endpoint
+            if endpoint and "://" in endpoint
+            else f"https://{endpoint}"
+            if endpoint
+            else DEFAULT_ENDPOINT
+        )
         self.project = project
         self.region = region
         self._timing = timing
+        self._session: google.auth.transport.requests.AuthorizedSession | None = None
 
     @property
     def regional(self) -> bool:
@@ -177,104 +167,159 @@ class CloudBuildApi:
     def parent(self) -> str:
         return f"projects/{self.project}/locations/{self.region}"
 
+    def close(self) -> None:
+        self._client.transport.close()  # type: ignore[no-untyped-call]
+        if self._session is not None:
+            self._session.close()  # type: ignore[no-untyped-call]
+
     def call(self, what: str, function: Callable[[], T], stop: threading.Event | None = None) -> T:
         return call_with_retries("Cloud Build", what, function, self._timing, stop)
 
-    def ongoing(self, image: str, tag: str) -> cloudbuild_v1.Build | None:
-        """The newest QUEUED/WORKING build of this image and hash, found by its tags."""
-        query = f'tags="imagecascade" AND tags="{image}" AND tags="hash-{tag}"'
-        if self.regional:
-            request = cloudbuild_v1.ListBuildsRequest(parent=self.parent, filter=query, page_size=50)
-        else:
-            request = cloudbuild_v1.ListBuildsRequest(project_id=self.project, filter=query, page_size=50)
+    def find(
+        self, tags: tuple[str, ...] | list[str], stop: threading.Event | None = None
+    ) -> list[RemoteBuild]:
+        """Builds in this region carrying every one of `tags`, newest first (one page)."""
+        return self.call(f"list builds tagged {', '.join(tags)}", lambda: self._list(tags), stop)
 
-        def first_ongoing() -> cloudbuild_v1.Build | None:
-            # One page is enough: builds come newest first, and an ongoing one is recent.
-            pager = self.client.list_builds(request=request, retry=None)
-            build: cloudbuild_v1.Build
-            for build in pager.builds:
-                if build.status in ONGOING and f"hash-{tag}" in build.tags:
-                    return build
-            return None
+    def ongoing(
+        self, tags: tuple[str, ...], reference: str, stop: threading.Event | None = None
+    ) -> RemoteBuild | None:
+        """The newest unfinished build with these tags, in this region, pushing `reference`."""
+        for build in self.find(tags, stop):
+            if not build.finished and build.location == self.region and reference in build.pushes:
+                return build
+        return None
 
-        return self.call(f"list builds of {image}", first_ongoing)
+    def submit(
+        self, body: Mapping[str, Any], submission_tag: str, stop: threading.Event | None = None
+    ) -> RemoteBuild:
+        """Create the build once: after a failed create, look it up by `submission_tag` first.
 
-    def create(self, build: cloudbuild_v1.Build) -> cloudbuild_v1.Build:
-        if self.regional:
-            request = cloudbuild_v1.CreateBuildRequest(parent=self.parent, build=build)
-        else:
-            request = cloudbuild_v1.CreateBuildRequest(project_id=self.project, build=build)
-        operation = self.client.create_build(request=request, retry=None)
-        created: cloudbuild_v1.Build = operation.metadata.build
-        if not created.id:
-            raise BackendError("Cloud Build: create build answered without a build id")
-        return created
+        A create refused by Cloud Build (400, 409) is that image's BuildError.
+        """
+        try:
+            build = cloudbuild_v1.Build.from_json(json.dumps(body))
+        except json_format.ParseError as error:
+            raise ConfigError(f"not a valid Cloud Build build: {error}") from error
+        failed_before = False
 
-    def get(self, build_id: str, stop: threading.Event | None = None) -> cloudbuild_v1.Build:
+        def attempt() -> RemoteBuild:
+            nonlocal failed_before
+            if failed_before:
+                created = self._list([submission_tag])
+                if created:
+                    return created[0]
+            failed_before = True
+            return self._create(build)
+
+        try:
+            return self.call("submit the build", attempt, stop)
+        except BackendError as error:
+            # Over REST every 400 (INVALID_ARGUMENT, FAILED_PRECONDITION) arrives as BadRequest.
+            if isinstance(error.__cause__, api_exceptions.BadRequest | api_exceptions.Conflict):
+                raise BuildError(
+                    f"Cloud Build refused the build: {describe_error(error.__cause__)}"
+                ) from error
+            raise
+
+    def withdraw(self, submission_tag: str) -> None:
+        """Cancel whatever build a submission interrupted mid-way may have created; one try, no
+        retries (the run is stopping), and nothing raised."""
+        try:
+            for build in self._list([submission_tag]):
+                if not build.finished:
+                    self.cancel(build.id, _STOPPED)
+        except Exception:  # best effort: the run is being cancelled anyway
+            return
+
+    def get(self, build_id: str, stop: threading.Event | None = None) -> RemoteBuild:
         if self.regional:
             request = cloudbuild_v1.GetBuildRequest(name=f"{self.parent}/builds/{build_id}")
         else:
             request = cloudbuild_v1.GetBuildRequest(project_id=self.project, id=build_id)
         return self.call(
-            f"get build {build_id}", lambda: self.client.get_build(request=request, retry=None), stop
+            f"get build {build_id}",
+            lambda: remote_build(
+                self._client.get_build(request=request, retry=None, timeout=CALL_TIMEOUT), self.region
+            ),
+            stop,
         )
 
-    def cancel(self, build_id: str) -> None:
+    def cancel(self, build_id: str, stop: threading.Event | None = None) -> None:
         if self.regional:
             request = cloudbuild_v1.CancelBuildRequest(name=f"{self.parent}/builds/{build_id}")
         else:
             request = cloudbuild_v1.CancelBuildRequest(project_id=self.project, id=build_id)
         try:
             self.call(
-                f"cancel build {build_id}", lambda: self.client.cancel_build(request=request, retry=None)
+                f"cancel build {build_id}",
+                lambda: self._client.cancel_build(request=request, retry=None, timeout=CALL_TIMEOUT),
+                stop,
             )
         except BackendError as error:
-            if isinstance(error.__cause__, api_exceptions.FailedPrecondition):
-                return  # it finished meanwhile: nothing left to cancel
+            if isinstance(error.__cause__, api_exceptions.BadRequest):
+                return  # 400 FAILED_PRECONDITION: it finished meanwhile, nothing left to cancel
             raise
 
+    def _create(self, build: cloudbuild_v1.Build) -> RemoteBuild:
+        if self.regional:
+            request = cloudbuild_v1.CreateBuildRequest(parent=self.parent, build=build)
+        else:
+            request = cloudbuild_v1.CreateBuildRequest(project_id=self.project, build=build)
+        operation = self._client.create_build(request=request, retry=None, timeout=CALL_TIMEOUT)
+        created = remote_build(operation.metadata.build, self.region)
+        if not created.id:
+            raise BackendError("Cloud Build: create build answered without a build id")
+        return created
 
-@dataclasses.dataclass
-class BuildLogReader:
-    """Streams `log-<id>.txt` from the logs bucket by ranged reads, keeping the last lines."""
+    def _list(self, tags: tuple[str, ...] | list[str]) -> list[RemoteBuild]:
+        query = " AND ".join(f'tags="{tag}"' for tag in tags)
+        if not self.regional:
+            request = cloudbuild_v1.ListBuildsRequest(
+                project_id=self.project, filter=query, page_size=LIST_PAGE
+            )
+            pager = self._client.list_builds(request=request, retry=None, timeout=CALL_TIMEOUT)
+            return [remote_build(build, self.region) for build in pager.builds]
+        # projects.locations.builds.list wants `projectId` as well as the parent (the REST
+        # reference marks it required). The generated client cannot send both: with project_id set
+        # it picks the global path, so the regional list is sent here, on the same credentials.
+        if self._session is None:
+            self._session = google.auth.transport.requests.AuthorizedSession(  # type: ignore[no-untyped-call]
+                self._credentials
+            )
+        response = self._session.get(
+            f"{self._endpoint}/v1/{self.parent}/builds",
+            params={"projectId": self.project, "filter": query, "pageSize": str(LIST_PAGE)},
+            timeout=CALL_TIMEOUT,
+        )
+        if response.status_code >= 400:
+            raise api_exceptions.from_http_response(response)  # type: ignore[no-untyped-call]
+        listed = cloudbuild_v1.ListBuildsResponse.from_json(response.text or "{}", ignore_unknown_fields=True)
+        return [remote_build(build, self.region) for build in listed.builds]
 
-    storage: CloudStorage
-    bucket: str
-    name: str
-    tail: collections.deque[str]
-    offset: int = 0
-    pending: bytes = b""
-    broken: str = ""
 
-    @classmethod
-    def for_build(
-        cls, storage: CloudStorage, build: cloudbuild_v1.Build, lines: int
-    ) -> BuildLogReader | None:
-        location = build.logs_bucket.removeprefix("gs://").strip("/")
-        if not location:
-            return None
-        bucket, _, prefix = location.partition("/")
-        name = f"{prefix}/log-{build.id}.txt" if prefix else f"log-{build.id}.txt"
-        return cls(storage=storage, bucket=bucket, name=name, tail=collections.deque(maxlen=lines))
-
-    def read_new(self, final: bool = False) -> Iterator[str]:
-        if self.broken:
-            return
-        try:
-            data = self.storage.read_from(self.bucket, self.name, self.offset)
-        except TRANSIENT:
-            return  # the next poll reads it
-        except (BackendError, api_exceptions.GoogleAPICallError) as error:
-            self.broken = f"cannot stream the log: {describe_error(error)}"
-            yield self.broken
-            return
-        self.offset += len(data)
-        self.pending += data
-        *complete, self.pending = self.pending.split(b"\n")
-        if final and self.pending:
-            complete.append(self.pending)
-            self.pending = b""
-        for raw in complete:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            self.tail.append(line)
-            yield line
+def remote_build(build: cloudbuild_v1.Build, region: str) -> RemoteBuild:
+    """The `RemoteBuild` of an API `Build`; its location comes from its name when it has one."""
+    parts = build.name.split("/")
+    location = parts[3] if len(parts) >= 6 and parts[2] == "locations" else region
+    created = build.create_time if build.create_time else None
+    logging = build.options.logging.name if build.options else ""
+    return RemoteBuild(
+        id=build.id,
+        location=location,
+        status=build.status.name,
+        status_detail=build.status_detail,
+        failure=build.failure_info.detail if build.failure_info else "",
+        warnings=tuple(warning.text for warning in build.warnings),
+        log_url=build.log_url,
+        logs_bucket=build.logs_bucket,
+        logging="" if logging == "LOGGING_UNSPECIFIED" else logging,
+        created=created,
+        timeout_seconds=build.timeout.total_seconds() if build.timeout else 0.0,
+        queue_ttl_seconds=build.queue_ttl.total_seconds() if build.queue_ttl else 0.0,
+        steps=tuple((step.id or step.name, step.status.name) for step in build.steps),
+        images=tuple(build.images),
+        digests={item.name: item.digest for item in build.results.images},
+        tags=tuple(build.tags),
+        substitutions=dict(build.substitutions),
+    )

@@ -13,7 +13,8 @@ import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport.requests
 
-from imagecascade.cloud.cloudbuild_api import LOGIN_FIX, application_default_credentials
+from imagecascade.cloud.cloudbuild_api import application_default_credentials
+from imagecascade.cloud.retry import LOGIN_FIX
 from imagecascade.core.settings import Settings
 from imagecascade.engines.store import RegistryStore
 from imagecascade.errors import BackendError, ConfigError

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from imagecascade.core.plan import PlannedImage
+from imagecascade.core.refusals import Refusal
+from imagecascade.core.secrets import SecretSource
+from imagecascade.core.settings import Settings
 from imagecascade.errors import CascadeError
 
 EventKind = Literal["started", "step", "log", "state", "pushed", "finished"]
@@ -30,6 +33,8 @@ class BuildRequest:
     registry: str  # "" = keep in the engine's store, else push every reference there
     log_path: Path | None = None  # where the complete build log goes (core.build_log.BuildLog)
     fresh: bool = False  # --force: no layer cache, external bases pulled again
+    # The image's declared secrets that have a source on this machine (never their values).
+    secrets: Mapping[str, SecretSource] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,6 +62,15 @@ class BuildError(CascadeError):
 
 class Backend(Protocol):
     name: str
+
+    def refusal(self, image: PlannedImage, settings: Settings) -> tuple[Refusal, ...]:
+        """Why this backend cannot build `image` at all (empty when it can).
+
+        Asked before anything is built (a Dockerfile feature the builder does not know, a
+        required secret without a source); the entry point adds them with `Plan.with_refusals`,
+        so a refused image stops alone and early.
+        """
+        ...
 
     def build(
         self,

@@ -1,9 +1,8 @@
 """Checks `invoke plan` and `invoke cascade` make before anything is built or sent.
 
-- `refuse_buildkit_only_syntax`: the builders behind `invoke cascade` are classic builders (the
-  local engine's build API; `docker build` on Cloud Build), so a Dockerfile using syntax only
-  BuildKit reads is refused up front, naming file, line and feature. It is one function on
-  purpose: a BuildKit builder makes it conditional on the builder.
+- `builder_refusal`: a Dockerfile whose syntax the chosen builder cannot build (BuildKit-only
+  syntax with the classic builder, a feature newer than a BuildKit's Dockerfile frontend) is
+  refused up front, naming file, line, feature and what it needs.
 - `missing_copy_sources`: a COPY/ADD source that is not in the sent context (missing, or left out
   by the ignore file) fails the build; it is reported before an hours-long parent build.
 - `credential_files`: files that look like credentials and are sent: a warning per file, or an
@@ -16,10 +15,13 @@ import posixpath
 from collections.abc import Iterable
 from pathlib import Path
 
+from imagecascade.core import buildkit_syntax
+from imagecascade.core.buildkit_syntax import FrontendSupport
 from imagecascade.core.context import display_path
-from imagecascade.core.dockerfile import NEEDS_TEXT, buildkit_features, copy_sources, read_dockerfile
+from imagecascade.core.dockerfile import copy_sources, read_dockerfile
 from imagecascade.core.dockerignore import go_clean, ignore_file_for
 from imagecascade.core.plan import Plan, PlannedImage
+from imagecascade.core.refusals import Refusal
 from imagecascade.errors import ConfigError
 
 # Names whose whole point is a secret (private keys, tokens, credential stores).
@@ -50,20 +52,16 @@ def _selected(plan: Plan, names: Iterable[str] | None) -> list[PlannedImage]:
     return [image for image in plan.images if wanted is None or image.name in wanted]
 
 
-def refuse_buildkit_only_syntax(plan: Plan, names: Iterable[str] | None = None) -> None:
-    """Raise ConfigError for the first Dockerfile using syntax only BuildKit builds.
+def builder_refusal(image: PlannedImage, support: FrontendSupport) -> Refusal | None:
+    """The one check of a Dockerfile's syntax against the chosen builder: why `support` cannot
+    build `image` (`<Dockerfile>: line N: <feature> needs ...`, and the fix), or None.
 
-    One line: `<Dockerfile>: line N: <feature> needs BuildKit ...`. `names` limits the check to
-    those images (default: all).
+    The classic builder refuses every BuildKit-only feature; a BuildKit refuses what its Dockerfile
+    frontend does not know yet and a `# syntax=` line (see core/buildkit_syntax.py). The entry
+    points add the result to the plan (`Plan.with_refusals`): the image is refused before anything
+    is built, the rest of the cascade still builds.
     """
-    for image in _selected(plan, names):
-        parsed = read_dockerfile(image.spec.dockerfile)
-        for feature in buildkit_features(parsed):
-            raise ConfigError(
-                f"{image.spec.dockerfile}: line {feature.line}: {feature.feature} needs "
-                f"{NEEDS_TEXT[feature.needs]}; images are built with the classic builder, "
-                "which cannot build it"
-            )
+    return buildkit_syntax.refusal(read_dockerfile(image.spec.dockerfile), support)
 
 
 def missing_copy_sources(plan: Plan, names: Iterable[str] | None = None) -> None:
@@ -142,6 +140,5 @@ def _shown(root: Path, path: Path) -> str:
 def check_before_build(plan: Plan, names: Iterable[str] | None = None) -> list[str]:
     """Every check above; returns the warnings to show, raises ConfigError for the first error."""
     selected = None if names is None else list(names)
-    refuse_buildkit_only_syntax(plan, selected)
     missing_copy_sources(plan, selected)
     return credential_files(plan, selected)

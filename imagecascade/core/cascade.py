@@ -276,6 +276,7 @@ def build_request(
     `fresh` (--force) asks for no layer cache and freshly pulled external bases.
     """
     registry = plan.settings.registry
+    sources = plan.settings.secrets
     base = base_reference(plan, image)
     labels = {
         LABEL_REVISION: provenance.revision,
@@ -296,6 +297,7 @@ def build_request(
             image_reference(image.name, "latest", registry),
         ),
         registry=registry,
+        secrets={key: sources[key] for key in image.spec.secrets if key in sources},
         log_path=log_path(plan.settings.root, image.name, image.tag),
         fresh=fresh,
     )

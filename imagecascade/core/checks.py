@@ -6,7 +6,8 @@ imported only inside the functions that validate specifiers.
     [smoke]
     inherit = true              # run the parent's checks too (default)
     python = "python3"          # interpreter in the image that runs the probe
-    timeout_seconds = 120       # per container
+    timeout_seconds = 120       # for all in-container checks together, counted from the probe's start
+    max_size_gb = 20            # the image's size (decimal GB, as `docker images` shows it)
     imports = ["torch"]
     pip_check = true
     [smoke.versions]            # distribution -> PEP 440 specifier
@@ -14,7 +15,8 @@ imported only inside the functions that validate specifiers.
     [[smoke.commands]]          # `name` is the key a child overrides
     name = "torchrun-help"
     run = ["torchrun", "--help"]
-    output = "usage"            # regex searched in stdout+stderr
+    output = "usage"            # regex searched in all of stdout+stderr (first 64 MB)
+    timeout_seconds = 30        # this command's own limit (default: what is left of the image's)
     gpu = false                 # true: only where the engine provides GPUs
     [[smoke.files]]             # `path` is the key a child overrides
     path = "/usr/local/bin/torchrun"
@@ -24,11 +26,15 @@ imported only inside the functions that validate specifiers.
     [smoke.labels]              # label -> regex the value must fully match (host side)
     [smoke.config]              # user, non_root, entrypoint, cmd, workdir (host side; non_root in the probe)
     [smoke.cuda]                # torch_cuda, cudnn, arch_list, nccl; GPU-only: available, min_devices, matmul
+
+`{name}` in an expected value (labels, env, output, config) stands for the image being checked,
+so a parent's `"org.opencontainers.image.title" = "{name}"` holds in every child.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -37,6 +43,7 @@ from imagecascade.errors import ConfigError
 
 DEFAULT_PYTHON = "python3"
 DEFAULT_TIMEOUT_SECONDS = 120
+NAME_PLACEHOLDER = "{name}"
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # PEP 508 distribution names.
@@ -53,6 +60,7 @@ class CommandCheck:
     name: str
     run: tuple[str, ...]
     output: str | None = None
+    timeout_seconds: int | None = None
     gpu: bool = False
 
 
@@ -109,6 +117,7 @@ class SmokeChecks:
     inherit: bool = True
     python: str | None = None
     timeout_seconds: int | None = None
+    max_size_gb: float | None = None
     imports: tuple[str, ...] = ()
     pip_check: bool | None = None
     versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -126,6 +135,53 @@ class SmokeChecks:
     @property
     def timeout(self) -> int:
         return self.timeout_seconds or DEFAULT_TIMEOUT_SECONDS
+
+    @property
+    def declares_nothing(self) -> bool:
+        """True when there is nothing to check: no check of any kind, only settings."""
+        return not (
+            self.imports
+            or self.pip_check
+            or self.versions
+            or self.commands
+            or self.files
+            or self.env
+            or self.labels
+            or self.max_size_gb is not None
+            or any(getattr(self.config, field.name) is not None for field in dataclasses.fields(self.config))
+            or self.cuda.declared
+        )
+
+    def for_image(self, name: str) -> SmokeChecks:
+        """These checks with `{name}` in expected values replaced by `name` (regex-escaped in regexes)."""
+        pattern = re.escape(name)
+
+        def regex(text: str) -> str:
+            return text.replace(NAME_PLACEHOLDER, pattern)
+
+        def literal(text: str) -> str:
+            return text.replace(NAME_PLACEHOLDER, name)
+
+        def literals(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+            return None if values is None else tuple(literal(value) for value in values)
+
+        config = self.config
+        return dataclasses.replace(
+            self,
+            commands=tuple(
+                dataclasses.replace(command, output=None if command.output is None else regex(command.output))
+                for command in self.commands
+            ),
+            env={key: regex(value) for key, value in self.env.items()},
+            labels={key: regex(value) for key, value in self.labels.items()},
+            config=dataclasses.replace(
+                config,
+                user=None if config.user is None else literal(config.user),
+                workdir=None if config.workdir is None else literal(config.workdir),
+                entrypoint=literals(config.entrypoint),
+                cmd=literals(config.cmd),
+            ),
+        )
 
 
 class HasSmoke(Protocol):
@@ -151,6 +207,7 @@ def merge(parent: SmokeChecks, child: SmokeChecks) -> SmokeChecks:
         inherit=child.inherit,
         python=_pick(parent.python, child.python),
         timeout_seconds=_pick(parent.timeout_seconds, child.timeout_seconds),
+        max_size_gb=_pick(parent.max_size_gb, child.max_size_gb),
         imports=tuple(dict.fromkeys((*parent.imports, *child.imports))),
         pip_check=_pick(parent.pip_check, child.pip_check),
         versions={**parent.versions, **child.versions},
@@ -197,6 +254,11 @@ def parse_smoke_checks(raw: Mapping[str, Any], where: str) -> SmokeChecks:
     python = _optional(raw, "python", str, where)
     if python is not None and not python.strip():
         raise ConfigError(f"{where}: python must not be empty")
+    max_size = raw.get("max_size_gb")
+    if max_size is not None and (
+        isinstance(max_size, bool) or not isinstance(max_size, int | float) or not 0 < max_size < math.inf
+    ):
+        raise ConfigError(f"{where}: max_size_gb must be a positive number of GB, not {max_size!r}")
     imports = _string_list(raw, "imports", where) or ()
     for module in imports:
         if not _MODULE.match(module):
@@ -205,6 +267,7 @@ def parse_smoke_checks(raw: Mapping[str, Any], where: str) -> SmokeChecks:
         inherit=_optional(raw, "inherit", bool, where) is not False,
         python=python,
         timeout_seconds=timeout,
+        max_size_gb=None if max_size is None else float(max_size),
         imports=tuple(dict.fromkeys(imports)),
         pip_check=_optional(raw, "pip_check", bool, where),
         versions=_versions(raw, where),
@@ -221,6 +284,7 @@ _SMOKE_KEYS = (
     "inherit",
     "python",
     "timeout_seconds",
+    "max_size_gb",
     "imports",
     "pip_check",
     "versions",
@@ -231,7 +295,7 @@ _SMOKE_KEYS = (
     "config",
     "cuda",
 )
-_COMMAND_KEYS = ("name", "run", "output", "gpu")
+_COMMAND_KEYS = ("name", "run", "output", "timeout_seconds", "gpu")
 _FILE_KEYS = ("path", "exists", "executable")
 _CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(ConfigChecks))
 _CUDA_KEYS = tuple(field.name for field in dataclasses.fields(CudaChecks))
@@ -348,8 +412,15 @@ def _commands(raw: Mapping[str, Any], where: str) -> tuple[CommandCheck, ...]:
         output = _optional(entry, "output", str, at)
         if output is not None:
             _regex(output, f"{at}: output")
+        timeout = _optional(entry, "timeout_seconds", int, at)
+        if timeout is not None and timeout < 1:
+            raise ConfigError(f"{at}: timeout_seconds must be at least 1")
         commands[name] = CommandCheck(
-            name=name, run=run, output=output, gpu=bool(_optional(entry, "gpu", bool, at))
+            name=name,
+            run=run,
+            output=output,
+            timeout_seconds=timeout,
+            gpu=bool(_optional(entry, "gpu", bool, at)),
         )
     return tuple(commands.values())
 

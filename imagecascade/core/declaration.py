@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imagecascade.core import dockerfile
+from imagecascade.core import buildkit_syntax, dockerfile
 from imagecascade.core.build_options import CloudBuildOptions, parse_cloudbuild_options
 from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
+from imagecascade.core.secrets import check_id
 from imagecascade.core.settings import Settings
 from imagecascade.errors import ConfigError
 
@@ -42,6 +43,8 @@ _KEYS = {
     "required_build_args",
     "smoke",
     "cloudbuild",
+    "secrets",
+    "required_secrets",
 }
 
 
@@ -65,6 +68,11 @@ class ImageSpec:
     # Build args without which the image cannot be built (a checksum nobody recorded yet): while
     # one is empty or absent, `invoke plan` says "cannot build" and the cascade refuses the image.
     required_build_args: tuple[str, ...] = ()
+    # Ids of the BuildKit secrets the Dockerfile mounts; never hashed (their values change nothing
+    # in the image). Required ones (`required_secrets`, or `required=true` on the mount) must
+    # have a source, or the image is refused before building.
+    secrets: tuple[str, ...] = ()
+    required_secrets: tuple[str, ...] = ()
     smoke: SmokeChecks = dataclasses.field(default_factory=SmokeChecks)
     cloudbuild: CloudBuildOptions = dataclasses.field(default_factory=CloudBuildOptions)
 
@@ -179,6 +187,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         raise ConfigError(f"{declaration}: required_build_args must be a list of build arg names")
     if "BASE_IMAGE" in required_build_args:
         raise ConfigError(f"{declaration}: required_build_args: BASE_IMAGE is always set from parent/base")
+    secrets, required_secrets = _secrets(declaration, data, parsed)
     description = _string(declaration, data, "description") or ""
     for section in ("smoke", "cloudbuild"):
         if section in data and not isinstance(data[section], dict):
@@ -196,9 +205,42 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         target=target,
         upstream_build_args=tuple(upstream_build_args),
         required_build_args=tuple(dict.fromkeys(required_build_args)),
+        secrets=secrets,
+        required_secrets=required_secrets,
         smoke=parse_smoke_checks(data.get("smoke", {}), f"{declaration}: [smoke]"),
         cloudbuild=parse_cloudbuild_options(data.get("cloudbuild", {}), f"{declaration}: [cloudbuild]"),
     )
+
+
+def _id_list(declaration: Path, data: Mapping[str, Any], key: str) -> list[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{declaration}: {key} must be a list of secret ids")
+    for item in value:
+        check_id(item, f"{declaration}: {key}")
+    duplicates = sorted({item for item in value if value.count(item) > 1})
+    if duplicates:
+        raise ConfigError(f"{declaration}: {key} names {duplicates[0]!r} twice")
+    return list(value)
+
+
+def _secrets(
+    declaration: Path, data: Mapping[str, Any], parsed: dockerfile.Dockerfile
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(declared ids, required ids): every id the Dockerfile mounts must be declared."""
+    declared = _id_list(declaration, data, "secrets")
+    required = _id_list(declaration, data, "required_secrets")
+    declared += [item for item in required if item not in declared]
+    mounts = buildkit_syntax.secret_mounts(parsed)
+    for mount in mounts:
+        if mount.id not in declared:
+            raise ConfigError(
+                f"{parsed.source}: line {mount.line}: mounts secret {mount.id!r}, which "
+                f'{declaration.name} does not declare (add secrets = ["{mount.id}"])'
+            )
+        if mount.required and mount.id not in required:
+            required.append(mount.id)
+    return tuple(sorted(declared)), tuple(sorted(required))
 
 
 def load_images(settings: Settings) -> dict[str, ImageSpec]:

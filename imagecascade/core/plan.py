@@ -139,8 +139,16 @@ def stale_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def plan_document(plan: Plan, build_states: Mapping[str, tuple[str, str]] | None = None) -> dict[str, Any]:
-    """The `invoke plan --json` document, in dependency order."""
+def plan_document(
+    plan: Plan, build_states: Mapping[str, tuple[str, str]] | None = None, backend: str = "local"
+) -> dict[str, Any]:
+    """The `invoke plan --json` document, in dependency order.
+
+    `builds_on` says where the image is built when it is missing (`local` or `cloudbuild`, for
+    the run's `backend`); `cannot_build` lists why it cannot be, with the fix.
+    """
+    from imagecascade.core.placement import builds_on
+
     images = []
     for image in plan.images:
         item: dict[str, Any] = {
@@ -155,6 +163,7 @@ def plan_document(plan: Plan, build_states: Mapping[str, tuple[str, str]] | None
             "locked": image.locked,
             "lock_hash": image.lock_hash,
             "reasons": list(image.reasons),
+            "builds_on": builds_on(image.spec, backend),
             "cannot_build": [
                 {"reason": refusal.reason, "fix": refusal.fix} for refusal in image.cannot_build
             ],

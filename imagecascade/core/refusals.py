@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from imagecascade.core.declaration import ImageSpec
+if TYPE_CHECKING:  # declarations import this module's Refusal through their Dockerfile checks
+    from imagecascade.core.declaration import ImageSpec
 
 
 @dataclasses.dataclass(frozen=True)

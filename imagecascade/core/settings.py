@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from imagecascade.core.build_options import check_options, normalised
+from imagecascade.core.secrets import SecretSource, check_secret_version
 from imagecascade.errors import ConfigError
 
 SETTINGS_FILE = "cascade.toml"
@@ -18,13 +21,23 @@ SecretFiles = Literal["warn", "error"]
 # section -> key -> (Settings field, type)
 _KNOWN: dict[str, dict[str, tuple[str, type]]] = {
     "registry": {"url": ("registry", str)},
-    "build": {"jobs": ("jobs", int), "secret_files": ("secret_files", str)},
+    "build": {
+        "jobs": ("jobs", int),
+        "secret_files": ("secret_files", str),
+        "builder": ("builder", str),
+        "docker_cli": ("docker_cli", str),
+    },
     "cloudbuild": {
         "project": ("cloudbuild_project", str),
         "region": ("cloudbuild_region", str),
         "bucket": ("cloudbuild_bucket", str),
+        "service_account": ("cloudbuild_service_account", str),
+        "logs_bucket": ("cloudbuild_logs_bucket", str),
+        "logging": ("cloudbuild_logging", str),
+        "secrets": ("cloudbuild_secrets", dict),
     },
 }
+BUILDERS = ("auto", "buildkit", "classic")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,7 +50,17 @@ class Settings:
     secret_files: SecretFiles = "warn"  # what a sent file that looks like a credential is
     cloudbuild_project: str = ""
     cloudbuild_region: str = "global"
-    cloudbuild_bucket: str = ""
+    cloudbuild_bucket: str = ""  # "" = gcloud's default staging bucket, see default_source_bucket
+    # Defaults for every image's build, overridden by image.toml and flags (see build_options).
+    cloudbuild_service_account: str = ""
+    cloudbuild_logs_bucket: str = ""
+    cloudbuild_logging: str = ""
+    # secret id -> Secret Manager version, for builds on Cloud Build
+    cloudbuild_secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    builder: str = "auto"  # auto | buildkit | classic
+    docker_cli: str = ""  # the docker CLI that drives BuildKit; "" = IMAGECASCADE_DOCKER_CLI, else PATH
+    # secret id -> where its value lives on this machine (--secret, cascade.local.toml); never committed
+    secrets: Mapping[str, SecretSource] = dataclasses.field(default_factory=dict)
 
     @property
     def images_dir(self) -> Path:
@@ -51,18 +74,45 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.root / CACHE_DIR
 
-    @property
-    def effective_bucket(self) -> str:
+    def source_bucket(self, region: str) -> tuple[str, bool]:
+        """(bucket for source tarballs, whether it is the default one) for a build in `region`.
+
+        The default is named as gcloud names it (googlecloudsdk/api_lib/cloudbuild/
+        staging_bucket_util.py): the project id with `:` and `.` turned into `_` and `google`
+        into `elgoog` (domain-scoped ids like `example.com:proj` give valid bucket names), then
+        `_cloudbuild`, or `_<region>_cloudbuild` for a regional build, created in that region.
+        """
         if self.cloudbuild_bucket:
-            return self.cloudbuild_bucket
-        return f"{self.cloudbuild_project}_cloudbuild" if self.cloudbuild_project else ""
+            return self.cloudbuild_bucket, False
+        if not self.cloudbuild_project:
+            return "", True
+        safe = self.cloudbuild_project.replace(":", "_").replace(".", "_").replace("google", "elgoog")
+        if region and region != "global":
+            return f"{safe}_{region}_cloudbuild", True
+        return f"{safe}_cloudbuild", True
+
+    def cloudbuild_defaults(self) -> dict[str, str]:
+        """The repository-wide build options of cascade.toml, as CloudBuildOptions fields."""
+        return {
+            "service_account": self.cloudbuild_service_account,
+            "logs_bucket": self.cloudbuild_logs_bucket,
+            "logging": self.cloudbuild_logging,
+        }
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Apply command-line flags; None means the flag was not given."""
         given = {key: value for key, value in overrides.items() if value is not None}
         if "registry" in given:
             given["registry"] = str(given["registry"]).rstrip("/")
+        if "builder" in given:
+            check_builder(str(given["builder"]), "--builder")
         return dataclasses.replace(self, **given)
+
+
+def check_builder(value: str, where: str) -> str:
+    if value not in BUILDERS:
+        raise ConfigError(f"{where}: unknown builder {value!r} (known: {', '.join(BUILDERS)})")
+    return value
 
 
 def find_root(start: Path) -> Path:
@@ -97,7 +147,8 @@ def load_settings(root: Path) -> Settings:
                 raise ConfigError(f"{path}: unknown key {section}.{key} (known: {known})")
             field, expected = _KNOWN[section][key]
             if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError(f"{path}: {section}.{key} must be a {expected.__name__}")
+                kind = "table" if expected is dict else expected.__name__
+                raise ConfigError(f"{path}: {section}.{key} must be a {kind}")
             values[field] = value
     if "registry" in values:
         values["registry"] = values["registry"].rstrip("/")
@@ -105,4 +156,14 @@ def load_settings(root: Path) -> Settings:
         raise ConfigError(f"{path}: build.jobs must be at least 1")
     if values.get("secret_files", "warn") not in ("warn", "error"):
         raise ConfigError(f'{path}: build.secret_files must be "warn" or "error"')
+    if "builder" in values:
+        check_builder(values["builder"], f"{path}: build.builder")
+    for secret_id, version in values.get("cloudbuild_secrets", {}).items():
+        check_secret_version(secret_id, version, f"{path}: cloudbuild.secrets")
+    cloud = {
+        "region": values.get("cloudbuild_region", ""),
+        **{key: values.get(f"cloudbuild_{key}", "") for key in ("service_account", "logs_bucket", "logging")},
+    }
+    check_options(cloud, lambda key: f"{path}: cloudbuild.{key}")
+    values.update({f"cloudbuild_{key}": value for key, value in normalised(cloud).items()})
     return Settings(root=root, **values)

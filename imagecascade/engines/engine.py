@@ -6,13 +6,15 @@ private-range addresses), and engine failures raise BackendError, never "missing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import http.client
 import re
 import socket
+import tarfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import docker
@@ -24,6 +26,17 @@ import urllib3.exceptions
 
 from imagecascade.core.backend import BuildError
 from imagecascade.core.build_log import shorten
+from imagecascade.engines.containers import (
+    ContainerSummary,
+    PathError,
+    PathStat,
+    clean_engine_path,
+    engine_message,
+    path_stat_from_archive,
+    read_head,
+    read_tail,
+)
+from imagecascade.engines.gpu import GpuAccess
 from imagecascade.errors import BackendError
 
 
@@ -34,6 +47,7 @@ class ImageInfo:
     id: str
     labels: dict[str, str]
     config: dict[str, Any]
+    size: int = 0  # bytes, as `docker images` counts them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +61,8 @@ class LocalImage:
     size: int = 0  # bytes, layers shared with other images included
 
 
-@dataclasses.dataclass(frozen=True)
-class ContainerRun:
-    """How one throwaway container ended; `error` is set when it could not start."""
-
-    exit_code: int | None
-    stdout: str
-    stderr: str
-    timed_out: bool = False
-    error: str | None = None
+# The json-file log of a smoke container is cut at this size on the host's disk.
+LOG_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 class Engine:
@@ -95,7 +102,12 @@ class Engine:
         except docker.errors.DockerException as error:
             raise BackendError(f"Docker Engine: cannot inspect {reference}: {error}") from error
         config = image.attrs.get("Config") or {}
-        return ImageInfo(id=image.id, labels=dict(config.get("Labels") or {}), config=config)
+        return ImageInfo(
+            id=image.id,
+            labels=dict(config.get("Labels") or {}),
+            config=config,
+            size=int(image.attrs.get("Size") or 0),
+        )
 
     def list_images(self, repository: str, *, label: str | None = None) -> list[LocalImage]:
         """The images tagged in `repository` (any tag), optionally only those carrying `label`,
@@ -123,76 +135,141 @@ class Engine:
     def image_exists(self, reference: str) -> bool:
         return self.inspect_image(reference) is not None
 
-    def run_container(
+    def create_container(
         self,
         reference: str,
         *,
         entrypoint: Sequence[str],
         command: Sequence[str],
-        timeout_seconds: float,
-        gpus: bool = False,
-    ) -> ContainerRun:
-        """Run `entrypoint command` in a fresh, network-less, unprivileged container, then remove it.
+        labels: Mapping[str, str],
+        gpus: GpuAccess | None = None,
+    ) -> str:
+        """Create (not start) a network-less, unprivileged container of `reference`; its id.
 
-        The container is killed after `timeout_seconds`; with `gpus`, it asks for every GPU.
+        All capabilities dropped, `no-new-privileges`, entrypoint overridden, the json-file log
+        capped at LOG_LIMIT_BYTES on the host; with `gpus`, every GPU the way `gpus` says.
         """
-        device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
-        try:
-            container = self._client.containers.create(
-                reference,
-                entrypoint=list(entrypoint),
-                command=list(command),
-                network_mode="none",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                device_requests=device_requests,
-                labels={"imagecascade.role": "smoke"},
-            )
-        except docker.errors.ImageNotFound as error:
-            raise BackendError(f"Docker Engine: no image {reference} to run: {error}") from error
-        except docker.errors.DockerException as error:
-            raise BackendError(f"Docker Engine: cannot create a container of {reference}: {error}") from error
-        try:
-            try:
-                container.start()
-            except docker.errors.APIError as error:
-                # Usually the image's fault (no such interpreter), not the engine's.
-                reason = str(error.explanation or error)
-                return ContainerRun(exit_code=None, stdout="", stderr="", error=reason)
-            timed_out = False
-            exit_code: int | None = None
-            try:
-                status = container.wait(timeout=timeout_seconds)
-                exit_code = int(status.get("StatusCode", -1))
-            except requests.exceptions.RequestException:
-                timed_out = True
-                container.kill()
-            stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
-            stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
-            return ContainerRun(exit_code=exit_code, stdout=stdout, stderr=stderr, timed_out=timed_out)
-        except docker.errors.DockerException as error:
-            raise BackendError(f"Docker Engine: container of {reference} failed: {error}") from error
-        finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.DockerException as error:
-                raise BackendError(
-                    f"Docker Engine: cannot remove container {container.id}: {error}"
-                ) from error
-
-    def gpu_available(self) -> bool:
-        """Whether this engine can hand GPUs to containers (an NVIDIA runtime is registered)."""
-        try:
-            info = self._client.info()
-        except docker.errors.DockerException as error:
-            raise BackendError(f"Docker Engine: cannot read engine info: {error}") from error
-        runtimes = info.get("Runtimes") or {}
-        return (
-            any("nvidia" in name.lower() for name in runtimes)
-            or "nvidia" in str(info.get("DefaultRuntime", "")).lower()
+        log = docker.types.LogConfig(
+            type="json-file", config={"max-size": str(LOG_LIMIT_BYTES), "max-file": "1"}
         )
+        with _engine_errors(f"cannot create a container of {reference}"):
+            return str(
+                self._client.api.create_container(
+                    reference,
+                    entrypoint=list(entrypoint),
+                    command=list(command),
+                    labels=dict(labels),
+                    host_config=self._client.api.create_host_config(
+                        network_mode="none",
+                        cap_drop=["ALL"],
+                        security_opt=["no-new-privileges"],
+                        device_requests=None if gpus is None else [gpus.device_request()],
+                        log_config=log,
+                    ),
+                )["Id"]
+            )
+
+    def start_container(self, container_id: str) -> str | None:
+        """Start it; the engine's reason when it cannot (usually the image's fault: no such program)."""
+        try:
+            self._client.api.start(container_id)
+        except docker.errors.APIError as error:
+            return " ".join(str(error.explanation or error).split())
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot start container {container_id}: {error}") from error
+        return None
+
+    def wait_container(self, container_id: str, timeout_seconds: float) -> int | None:
+        """Its exit status, or None when it still runs after `timeout_seconds`."""
+        with _engine_errors(f"cannot wait for container {container_id}"):
+            try:
+                return int(self._client.api.wait(container_id, timeout=timeout_seconds).get("StatusCode", -1))
+            except requests.exceptions.ReadTimeout:
+                return None
+
+    def container_output(self, container_id: str, *, stdout_limit: int, stderr_limit: int) -> tuple[str, str]:
+        """(stdout, stderr) of a stopped container, read as streams: no more than the first
+        `stdout_limit` bytes of stdout and the last `stderr_limit` bytes of stderr are held."""
+        logs = self._client.api.logs
+        with _engine_errors(f"cannot read the output of {container_id}"):
+            head = read_head(logs(container_id, stdout=True, stderr=False, stream=True), stdout_limit)
+            tail = read_tail(logs(container_id, stdout=False, stderr=True, stream=True), stderr_limit)
+        return head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
+
+    def remove_container(self, container_id: str) -> None:
+        """Kill and remove it with its anonymous volumes; a container already gone is fine."""
+        try:
+            self._client.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as error:
+            if "already in progress" in str(getattr(error, "explanation", "")):
+                return
+            raise BackendError(f"Docker Engine: cannot remove container {container_id}: {error}") from error
+
+    def list_containers(self, labels: Mapping[str, str]) -> list[ContainerSummary]:
+        """Every container (running or not) that carries all of `labels`."""
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        with _engine_errors("cannot list containers"):
+            found = self._client.api.containers(all=True, filters=filters)
+        return [
+            ContainerSummary(str(item["Id"]), dict(item.get("Labels") or {}), str(item.get("State")))
+            for item in found
+        ]
+
+    def stat_path(self, container_id: str, path: str) -> PathStat | None:
+        """What is at `path` in the container's filesystem, read by the engine, not by a process in it.
+
+        Folders on the way are resolved in the container's root, as a process in it would see
+        them; a symlink at `path` itself is reported as such, with its fully resolved target.
+        None when nothing is there. Raises PathError when the engine cannot say (a symlink loop,
+        a file used as a folder, no such container) and BackendError when it cannot be reached.
+        """
+        with self._archive(container_id, path, "HEAD") as response:
+            header = response.headers.get("X-Docker-Container-Path-Stat")
+            if response.status_code == 200 and header:
+                return path_stat_from_archive(header)
+        # A HEAD answer has no body; the same GET says whether the path or the container is missing.
+        with self._archive(container_id, path, "GET") as response:
+            message = (
+                clean_engine_path(engine_message(response)) or f"the engine answered {response.status_code}"
+            )
+        if response.status_code == 404 and "could not find the file" in message.lower():
+            return None
+        raise PathError(message)
+
+    def path_owner(self, container_id: str, path: str) -> tuple[int, int]:
+        """(uid, gid) owning `path`, from the header of the engine's tar of it (the body is not read)."""
+        with self._archive(container_id, path, "GET") as response:
+            if response.status_code != 200:
+                raise PathError(clean_engine_path(engine_message(response)))
+            response.raw.decode_content = True  # the engine may gzip the tar
+            try:
+                with tarfile.open(fileobj=response.raw, mode="r|") as archive:
+                    member = archive.next()
+            except (tarfile.TarError, OSError) as error:
+                raise PathError(f"cannot read the engine's archive of {path}: {error}") from error
+            if member is None:
+                raise PathError(f"the engine sent an empty archive for {path}")
+            return member.uid, member.gid
+
+    @contextlib.contextmanager
+    def _archive(self, container_id: str, path: str, method: str) -> Iterator[Any]:
+        """The archive API's streamed response for `path` (HEAD: its stat only), closed afterwards."""
+        api = self._client.api
+        with _engine_errors(f"cannot look at {path}"):
+            response = api.request(
+                method, api._url("/containers/{0}/archive", container_id), params={"path": path}, stream=True
+            )
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def info(self) -> dict[str, Any]:
+        """The engine's `docker info` document (`GET /info`)."""
+        with _engine_errors("cannot read engine info"):
+            return dict(self._client.info())
 
     def build_stream(
         self,
@@ -403,6 +480,15 @@ def _root_cause(error: BaseException) -> str:
 def _without_url(text: str) -> str:
     text = _URL.sub("<url>", text)
     return re.sub(r"with url: \S+", "with url: <url>", text)
+
+
+@contextlib.contextmanager
+def _engine_errors(what: str) -> Iterator[None]:
+    """Turn the SDK's and the connection's failures into BackendError("Docker Engine: <what>: ...")."""
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        raise BackendError(f"Docker Engine: {what}: {error}") from error
 
 
 def split_reference(reference: str) -> tuple[str, str]:

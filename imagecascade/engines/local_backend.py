@@ -6,15 +6,22 @@ finished image is tagged (and pushed) afterwards, so a stopped or failed build l
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
+from imagecascade.core.build_checks import builder_refusal
 from imagecascade.core.build_log import BuildLog, shorten
+from imagecascade.core.buildkit_syntax import FrontendSupport
 from imagecascade.core.context_tar import write_context_tar
+from imagecascade.core.plan import PlannedImage
+from imagecascade.core.refusals import Refusal
+from imagecascade.core.secrets import how_to_provide
+from imagecascade.core.settings import Settings
 from imagecascade.errors import BackendError
 
 if TYPE_CHECKING:
@@ -31,13 +38,51 @@ _RUN_FAILED = re.compile(r"^The command .* returned a non-zero code: (\d+)\s*$",
 _UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "dial tcp", "connection reset", "eof")
 
 
-class LocalBackend:
-    name = "local"
+CLASSIC = FrontendSupport(
+    builder="classic",
+    frontend=None,
+    describe='the classic builder was chosen (--builder classic or [build] builder = "classic")',
+    remedy="build with --builder buildkit",
+)
 
-    def __init__(self, engine: Engine | None = None) -> None:
+
+def secrets_refusals(image: PlannedImage, settings: Settings, environ: Mapping[str, str]) -> list[Refusal]:
+    """The image's secrets that stop it on this machine: a required one without a source, or a
+    configured source that cannot be read. Each names the id and how to provide it."""
+    spec = image.spec
+    refusals = [
+        Refusal(f"required secret {secret_id!r} has no source", how_to_provide(secret_id))
+        for secret_id in spec.required_secrets
+        if secret_id not in settings.secrets
+    ]
+    for secret_id in spec.secrets:
+        source = settings.secrets.get(secret_id)
+        problem = source.problem(environ) if source is not None else None
+        if source is not None and problem is not None:
+            refusals.append(
+                Refusal(f"secret {secret_id!r}: {problem}", f"fix the source given by {source.origin}")
+            )
+    return refusals
+
+
+class LocalBackend:
+    """The classic builder, through the engine's API (docker SDK)."""
+
+    name = "local"
+    where = "on the local engine"
+
+    def __init__(self, engine: Engine | None = None, support: FrontendSupport = CLASSIC) -> None:
         # Without an engine, connect on the first build: a run with nothing to build needs none.
         self._given = engine
         self._lock = threading.Lock()
+        self._support = support
+        self._environ: Mapping[str, str] = os.environ
+        self.description = f"classic (engine API; {support.describe})"
+
+    def refusal(self, image: PlannedImage, settings: Settings) -> tuple[Refusal, ...]:
+        """Why this builder cannot build `image` here: its Dockerfile, its secrets (empty: it can)."""
+        found = builder_refusal(image, self._support)
+        return (*((found,) if found else ()), *secrets_refusals(image, settings, self._environ))
 
     @property
     def _engine(self) -> Engine:
@@ -55,7 +100,7 @@ class LocalBackend:
         cancelled: threading.Event,
     ) -> BuildOutcome:
         image = request.image
-        title = f"{image.name}:{image.tag} on the local engine"
+        title = f"{image.name}:{image.tag} {self.where}"
         with BuildLog(image.name, request.log_path, on_event, title=title) as log:
             image_id = self._build(request, log, cancelled)
             for reference in request.references:

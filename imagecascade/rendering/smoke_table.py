@@ -2,10 +2,47 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-from imagecascade.smoke.results import ImageReport
+from imagecascade.smoke.results import ImageReport, plain_text
+
+
+def smoke_console() -> Any:
+    """A console on stderr: colours only on a terminal, never one escape sequence elsewhere;
+    unwrapped in pipes and CI logs (`terminal.plain_output`), like the tasks' output."""
+    from rich.console import Console
+
+    from imagecascade.rendering.terminal import UNWRAPPED_WIDTH, plain_output
+
+    terminal = sys.stderr.isatty()
+    return Console(
+        stderr=True,
+        width=UNWRAPPED_WIDTH if plain_output(terminal) else None,
+        color_system="auto" if terminal else None,
+        force_terminal=terminal,
+        highlight=False,
+        soft_wrap=False,
+    )
+
+
+def error_line(message: str) -> Any:
+    from rich.text import Text
+
+    return Text.assemble(("error: ", "red"), plain_text(message))
+
+
+def human_size(size: int | None) -> str:
+    """Bytes as `docker images` shows them: three significant digits, decimal units (61.9MB)."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.3g}{unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
 
 
 def render_reports(console: Any, reports: Sequence[ImageReport]) -> None:
@@ -13,7 +50,7 @@ def render_reports(console: Any, reports: Sequence[ImageReport]) -> None:
     from rich.text import Text
 
     table = Table(title="smoke checks")
-    for column in ("image", "check", "result", "message"):
+    for column in ("image", "size", "check", "result", "message"):
         table.add_column(column)
     styles = {"pass": "green", "fail": "bold red", "skip": "yellow"}
     for report in reports:
@@ -21,8 +58,8 @@ def render_reports(console: Any, reports: Sequence[ImageReport]) -> None:
             message = result.message.removeprefix(f"{result.image}: ")
             status = Text(result.status, style=styles[result.status])
             last = index == len(report.results) - 1
-            image = result.image if index == 0 else ""
-            table.add_row(image, result.check, status, Text(message), end_section=last)
+            image, size = (result.image, human_size(report.size)) if index == 0 else ("", "")
+            table.add_row(Text(image), size, Text(result.check), status, Text(message), end_section=last)
     console.print(table)
     # One unwrapped line per failure as well: what CI logs and grep need.
     for report in reports:

@@ -35,9 +35,12 @@ def console(*, stderr: bool = False) -> Console:
     return Console(highlight=False, soft_wrap=False, stderr=stderr, width=UNWRAPPED_WIDTH if plain else None)
 
 
-def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> Table:
+def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]], backend: str = "local") -> Table:
+    """Every image; `backend` decides where a missing one would be built (the "builds on" column)."""
+    from imagecascade.core.placement import builds_on
+
     table = Table(title=f"images ({plan.settings.registry or 'local engine store'})")
-    for column in ("image", "parent / base", "tag", "lock", "build", "reasons"):
+    for column in ("image", "parent / base", "tag", "lock", "build", "builds on", "reasons"):
         table.add_column(column, overflow="fold", no_wrap=column in ("image", "tag"))
     for image in plan.images:
         spec = image.spec
@@ -53,8 +56,12 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> Table
             build += " (--offline)"  # other reasons are printed once below the table
         if image.cannot_build and state != "present":
             build += f"; [red]{escape(describe(image.cannot_build))}[/]"
-        table.add_row(image.name, origin, image.tag, lock, build, "; ".join(image.reasons))
+        where = "-" if state == "present" else _WHERE[builds_on(spec, backend)]
+        table.add_row(image.name, origin, image.tag, lock, build, where, "; ".join(image.reasons))
     return table
+
+
+_WHERE = {"local": "local engine", "cloudbuild": "Cloud Build"}
 
 
 class CascadeReporter:
@@ -180,7 +187,8 @@ def summary_table(result: CascadeResult) -> Table:
     for item in result.results:
         duration = f"{item.duration:.1f} s" if item.outcome in ("built", "failed", "cancelled") else ""
         detail = item.reference if item.outcome in ("built", "present") else item.reason
-        table.add_row(item.name, f"[{colour.get(item.outcome, '')}]{item.outcome}[/]", duration, detail)
+        # Text: reasons quote config keys like [cloudbuild], which are not markup.
+        table.add_row(item.name, f"[{colour.get(item.outcome, '')}]{item.outcome}[/]", duration, Text(detail))
     return table
 
 

@@ -2,24 +2,37 @@
 
 This file is sent whole into a container as `python3 -c <this source> <json spec>`, so it must
 run on any python3 >= 3.8 with the standard library only (torch is imported only when the
-spec asks for CUDA facts). It prints one JSON document of raw observations, after MARKER, on
-the original stdout; everything else the checks print goes to stderr. The host (smoke.py)
-turns observations into pass/fail/skip.
+spec asks for CUDA facts). The host (`smoke/evaluate.py`) turns observations into pass/fail/skip.
+
+Two processes: the first (PID 1 in the container) is a watchdog that forks a worker, collects
+the worker's observations as they are made, and at the end of the time budget kills it and
+reports which step was running. So a hanging import is reported by name, the container never
+outlives its budget even when nobody on the host is left to stop it, and a crash in one step
+keeps what the steps before it saw. The watchdog prints one JSON document after MARKER on the
+original stdout; everything the checks print goes to stderr.
+
+Files are not observed here: the host reads them through the engine, whatever this process may
+read (see `smoke/files.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import stat
+import select
+import signal
 import subprocess
 import sys
 import time
 from typing import Any
 
 MARKER = "@@imagecascade-probe@@"
-PROBE_VERSION = 1
-OUTPUT_LIMIT = 16000
+PROBE_VERSION = 2
+# Bytes of a command's output kept in memory and searched by `output`; the rest is only counted.
+OUTPUT_CAP = 64 * 1024 * 1024
+_EXCERPT = 300
+_READ = 1 << 16
 
 
 def source() -> str:
@@ -32,87 +45,27 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _tail(data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
-    return text if len(text) <= OUTPUT_LIMIT else text[-OUTPUT_LIMIT:]
+class _Events:
+    """The worker's side of the pipe: one JSON object per line."""
 
+    def __init__(self, fd: int, started: float) -> None:
+        self.fd = fd
+        self.started = started
 
-def observe_imports(modules: list[str]) -> dict[str, str | None]:
-    import importlib
+    def send(self, event: dict[str, Any]) -> None:
+        data = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(self.fd, data) :]
 
-    found: dict[str, str | None] = {}
-    for module in modules:
-        try:
-            importlib.import_module(module)
-            found[module] = None
-        except (Exception, SystemExit) as error:  # an import may do anything, even exit
-            found[module] = _error_text(error)
-    return found
+    def start(self, step: str, **extra: Any) -> None:
+        self.send(dict(extra, start=step, at=round(time.monotonic() - self.started, 3)))
 
-
-def observe_versions(distributions: list[str]) -> dict[str, str | None]:
-    try:
-        from importlib import metadata
-    except ImportError:  # pragma: no cover - python < 3.8
-        return {name: None for name in distributions}
-    found: dict[str, str | None] = {}
-    for name in distributions:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def run_command(argv: list[str], timeout: float, budget: float) -> dict[str, Any]:
-    """Run argv for at most `timeout` seconds, what is left of the probe's `budget` for commands."""
-    started = time.monotonic()
-    result: dict[str, Any] = {"returncode": None, "output": "", "error": None}
-    if timeout <= 0:
-        result["error"] = f"not run: the commands' time budget ({budget:g}s) was spent"
-        return result
-    try:
-        completed = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
-        )
-        result["returncode"] = completed.returncode
-        result["output"] = _tail(completed.stdout)
-    except subprocess.TimeoutExpired as error:
-        result["error"] = f"timed out: the commands' time budget ({budget:g}s) ran out"
-        result["output"] = _tail(error.output or b"")
-    except OSError as error:
-        result["error"] = f"cannot run {argv[0]}: {error.strerror or error}"
-    result["seconds"] = round(time.monotonic() - started, 3)
-    return result
-
-
-def observe_files(paths: list[str]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        try:
-            status = os.stat(path)
-        except OSError:
-            kind = "broken-link" if os.path.islink(path) else "missing"
-            found[path] = {"exists": False, "kind": kind, "mode": None, "executable": False}
-            continue
-        if stat.S_ISREG(status.st_mode):
-            kind = "file"
-        elif stat.S_ISDIR(status.st_mode):
-            kind = "dir"
-        else:
-            kind = "other"
-        found[path] = {
-            "exists": True,
-            "kind": kind,
-            "mode": stat.S_IMODE(status.st_mode),
-            # root passes os.access(X_OK) on any file with one x bit; the bits decide for everyone.
-            "executable": kind == "file" and bool(status.st_mode & 0o111) and os.access(path, os.X_OK),
-        }
-    return found
+    def done(self, step: str, value: Any) -> None:
+        self.send({"step": step, "value": value})
 
 
 def observe_user() -> dict[str, Any]:
-    user: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid(), "name": None}
+    user: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "name": None}
     try:
         import pwd
 
@@ -120,6 +73,117 @@ def observe_user() -> dict[str, Any]:
     except (ImportError, KeyError):
         pass
     return user
+
+
+def observe_import(module: str) -> str | None:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+        return None
+    except (Exception, SystemExit) as error:  # an import may do anything, even exit
+        return _error_text(error)
+
+
+def observe_version(distribution: str) -> str | None:
+    try:
+        from importlib import metadata
+    except ImportError:  # pragma: no cover - python < 3.8
+        return None
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def run_command(
+    argv: list[str], timeout: float | None, pattern: str | None, events: _Events | None = None
+) -> dict[str, Any]:
+    """Run argv (stdin closed, stderr into stdout) for at most `timeout` seconds (None: no own limit).
+
+    The output is read as it comes: the first OUTPUT_CAP bytes are kept and searched for
+    `pattern`, the rest only counted, so a command that prints without end costs bounded memory.
+    """
+    started = time.monotonic()
+    result: dict[str, Any] = {"returncode": None, "error": None, "timed_out": False}
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout stops what it started too
+        )
+    except OSError as error:
+        result["error"] = f"cannot run {argv[0]}: {error.strerror or error}"
+        return result
+    if events is not None:
+        events.send({"group": process.pid})
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    kept = bytearray()
+    tail = b""
+    total = 0
+    ends = None if timeout is None else started + timeout
+    open_pipe = True
+    while True:
+        now = time.monotonic()
+        if ends is not None and now >= ends:
+            result["timed_out"] = True
+            break
+        exited = process.poll() is not None
+        wait = 0.5 if ends is None else min(0.5, ends - now)
+        ready = select.select([fd], [], [], 0.1 if exited else wait)[0] if open_pipe else []
+        if ready:
+            chunk = os.read(fd, _READ)
+            if not chunk:
+                open_pipe = False
+                continue
+            total += len(chunk)
+            if len(kept) < OUTPUT_CAP:
+                kept += chunk[: OUTPUT_CAP - len(kept)]
+            tail = (tail + chunk)[-4 * _EXCERPT :]
+        elif exited or not open_pipe:
+            if exited:
+                break  # exited, and nothing more came: a background child may hold the pipe
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=wait)
+    _kill_group(process.pid)
+    process.wait()
+    process.stdout.close()
+    if not result["timed_out"]:
+        result["returncode"] = process.returncode
+    searched = len(kept)
+    text = kept.decode("utf-8", "replace")
+    del kept  # the text is all that is searched
+    result.update(
+        bytes=total,
+        searched=searched,
+        head=text[:_EXCERPT],
+        tail=_text(tail)[-_EXCERPT:],
+        seconds=round(time.monotonic() - started, 3),
+    )
+    lines = [line for line in _text(tail).splitlines() if line.strip()]
+    result["last_line"] = lines[-1][-_EXCERPT:] if lines else ""
+    if pattern is not None:
+        import re
+
+        try:
+            found = re.search(pattern, text)
+        except re.error as error:
+            result["pattern_error"] = str(error)
+        else:
+            result["match"] = None if found is None else found.group(0)[:_EXCERPT]
+    return result
+
+
+def _kill_group(group: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(group, signal.SIGKILL)
 
 
 def observe_torch(gpu: bool, matmul: bool) -> dict[str, Any]:
@@ -174,36 +238,149 @@ def _matmul(torch: Any) -> dict[str, Any]:
         return {"ok": False, "error": _error_text(error)}
 
 
-def probe(spec: dict[str, Any]) -> dict[str, Any]:
-    """Every observation the spec asks for; failures are data, not exceptions."""
-    budget = float(spec.get("command_budget_seconds", 60))
-    deadline = time.monotonic() + budget
+def work(spec: dict[str, Any], events: _Events) -> None:
+    """The worker: every observation the spec asks for, each sent as soon as it is made."""
+    events.start("user")
+    events.done("user", observe_user())
+    if spec.get("access"):
+        events.start("access")
+        events.done("access", {path: os.access(path, os.X_OK) for path in spec["access"]})
+    events.start("env")
+    events.done("env", {name: os.environ.get(name) for name in spec.get("env", [])})
+    for module in spec.get("imports", []):
+        events.start(f"import {module}")
+        events.done(f"import {module}", observe_import(module))
+    for name in spec.get("versions", []):
+        events.start(f"version {name}")
+        events.done(f"version {name}", observe_version(name))
+    if spec.get("pip_check"):
+        events.start("pip check")
+        argv = [sys.executable, "-m", "pip", "check", "--disable-pip-version-check"]
+        events.done("pip check", run_command(argv, None, None, events))
+    for command in spec.get("commands", []):
+        step = f"command {command['name']}"
+        events.start(step, limit=command.get("timeout"))
+        events.done(step, run_command(command["run"], command.get("timeout"), command.get("output"), events))
+    if spec.get("torch"):
+        events.start("torch")
+        events.done("torch", observe_torch(bool(spec.get("gpu")), bool(spec.get("matmul"))))
+
+
+def supervise(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fork the worker, gather its observations, stop it when the budget runs out."""
+    budget = float(spec.get("budget_seconds", 120))
+    started = time.monotonic()
+    deadline = started + budget
     report: dict[str, Any] = {
         "probe": PROBE_VERSION,
         "python": {
             "version": ".".join(str(part) for part in sys.version_info[:3]),
             "executable": sys.executable,
         },
-        "user": observe_user(),
-        "imports": observe_imports(spec.get("imports", [])),
-        "versions": observe_versions(spec.get("versions", [])),
-        "files": observe_files(spec.get("files", [])),
-        "env": {name: os.environ.get(name) for name in spec.get("env", [])},
-        "pip_check": None,
-        "commands": {},
-        "torch": None,
+        "budget": budget,
+        "steps": {},
+        "outcome": {"kind": "complete"},
     }
-    if spec.get("pip_check"):
-        report["pip_check"] = run_command(
-            [sys.executable, "-m", "pip", "check", "--disable-pip-version-check"],
-            deadline - time.monotonic(),
-            budget,
-        )
-    for command in spec.get("commands", []):
-        report["commands"][command["name"]] = run_command(command["run"], deadline - time.monotonic(), budget)
-    if spec.get("torch"):
-        report["torch"] = observe_torch(bool(spec.get("gpu")), bool(spec.get("matmul")))
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    worker = os.fork()
+    if worker == 0:  # pragma: no cover - runs in the forked child
+        os.close(read_fd)
+        code = 0
+        try:
+            events = _Events(write_fd, started)
+            work(spec, events)
+            events.send({"finished": True})
+        except BaseException as error:  # the watchdog reports whatever stopped the worker
+            with contextlib.suppress(OSError):
+                _Events(write_fd, started).send({"worker_error": _error_text(error)})
+            code = 70
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_fd)
+    running: dict[str, Any] | None = None
+    group: int | None = None
+    finished = False
+    buffer = b""
+    status: int | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready = select.select([read_fd], [], [], min(left, 0.5))[0]
+        if ready:
+            chunk = os.read(read_fd, _READ)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                event = json.loads(line)
+                if "start" in event:
+                    running, group = event, None
+                elif "group" in event:
+                    group = event["group"]
+                elif "step" in event:
+                    report["steps"][event["step"]] = event["value"]
+                    running, group = None, None
+                elif "finished" in event:
+                    finished = True
+                elif "worker_error" in event:
+                    report["worker_error"] = event["worker_error"]
+        status = _reap(worker, status)
+    os.close(read_fd)
+    if not finished:
+        status = _stop(worker, group, status)
+        report["outcome"] = _unfinished(running, status, deadline, started)
+    elif status is None:
+        os.waitpid(worker, 0)
     return report
+
+
+def _reap(worker: int, status: int | None) -> int | None:
+    """Collect exited children: the worker's status, and (as PID 1) orphans the commands left."""
+    while True:
+        try:
+            pid, code = os.waitpid(-1 if os.getpid() == 1 else worker, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if pid == 0:
+            return status
+        if pid == worker:
+            status = code
+
+
+def _stop(worker: int, group: int | None, status: int | None) -> int | None:
+    if group is not None:
+        _kill_group(group)
+    if status is None:
+        with contextlib.suppress(OSError):
+            os.kill(worker, signal.SIGKILL)
+        status = os.waitpid(worker, 0)[1]
+    return status
+
+
+def _unfinished(
+    running: dict[str, Any] | None, status: int | None, deadline: float, started: float
+) -> dict[str, Any]:
+    step = None if running is None else running["start"]
+    at = None if running is None else running["at"]
+    if time.monotonic() >= deadline:
+        return {"kind": "timed_out", "step": step, "at": at, "limit": running and running.get("limit")}
+    outcome: dict[str, Any] = {"kind": "crashed", "step": step, "at": at}
+    if status is not None and os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            outcome["signal"] = signal.Signals(number).name
+        except ValueError:
+            outcome["signal"] = str(number)
+    elif status is not None and os.WIFEXITED(status):
+        outcome["exit_code"] = os.WEXITSTATUS(status)
+    outcome["seconds"] = round(time.monotonic() - started, 3)
+    return outcome
 
 
 def main(argv: list[str]) -> int:
@@ -212,9 +389,10 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     report_fd = os.dup(1)
     os.dup2(2, 1)
-    report = probe(spec)
-    sys.stdout.flush()
-    os.write(report_fd, (MARKER + json.dumps(report, sort_keys=True) + "\n").encode("utf-8"))
+    report = supervise(spec)
+    data = (MARKER + json.dumps(report, sort_keys=True) + "\n").encode("utf-8")
+    while data:
+        data = data[os.write(report_fd, data) :]
     return 0
 
 
