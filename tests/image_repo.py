@@ -43,3 +43,30 @@ def write_cascade(root: Path) -> Path:
     write_image(root, "other", 'base = "127.0.0.1:5000/other:1"\n', {"o.txt": "o"})
     write_image(root, "other-child", 'parent = "other"\n', {"oc.txt": "oc"})
     return root
+
+
+# `runtime` copies what `compile` made: `FROM ${COMPILED} AS compiled` then `COPY --from=compiled`.
+INPUT_DOCKERFILE = (
+    "ARG BASE_IMAGE\nARG COMPILED\nFROM ${COMPILED} AS compiled\n"
+    "FROM ${BASE_IMAGE}\nCOPY --from=compiled /app /compiled\nCOPY . /app\n"
+)
+
+
+def write_dag(root: Path) -> Path:
+    """compile (a base image); runtime (a base image) with input COMPILED = compile; app on runtime;
+    other on its own. Names sort so that the input comes after its consumer by name."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cascade.toml").write_text("")
+    write_image(
+        root, "zcompile", 'base = "127.0.0.1:5000/devel:1"\n[smoke]\nimports = ["compiled"]\n', {"c.txt": "c"}
+    )
+    write_image(
+        root,
+        "runtime",
+        'base = "127.0.0.1:5000/base:1"\n[inputs]\nCOMPILED = "zcompile"\n[smoke]\nimports = ["json"]\n',
+        {"r.txt": "r"},
+        dockerfile=INPUT_DOCKERFILE,
+    )
+    write_image(root, "app", 'parent = "runtime"\n', {"app.txt": "app"})
+    write_image(root, "other", 'base = "127.0.0.1:5000/other:1"\n', {"o.txt": "o"})
+    return root

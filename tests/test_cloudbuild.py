@@ -28,6 +28,8 @@ from imagecascade.cloud.cloudbuild import CloudBuildBackend
 from imagecascade.cloud.cloudbuild_api import source_object_name
 from imagecascade.cloud.registry_store import cloudbuild_store
 from imagecascade.core.backend import BuildError, BuildEvent, BuildRequest
+from imagecascade.core.cascade import Provenance, build_request
+from imagecascade.core.plan import compute_plan
 from imagecascade.core.secrets import parse_secret_flags
 from imagecascade.core.settings import load_settings
 from imagecascade.errors import BackendError, ConfigError
@@ -38,6 +40,7 @@ from tests.cloud_fixtures import (
     REGISTRY,
     Recorder,
     backend,
+    config_text,
     emulator_url,
     environ,
     fake,
@@ -50,6 +53,7 @@ from tests.cloud_fixtures import (
 )
 from tests.fake_cloudbuild import FakeCloudBuild, Phase
 from tests.fake_storage import StorageFront
+from tests.image_repo import INPUT_DOCKERFILE, write_image
 
 __all__ = ["emulator_url", "environ", "fake", "repo", "storage", "storage_server"]  # fixtures
 REPO = Path(__file__).resolve().parents[1]
@@ -417,6 +421,29 @@ def test_a_substitution_the_yaml_does_not_use_is_refused_before_anything_is_sent
     with pytest.raises(BuildError, match="_LABEL_ORG_EXAMPLE_EXTRA is provided but never used"):
         backend(repo, environ).build(extra, Recorder(), threading.Event())
     assert fake.requests == []
+
+
+def test_inputs_become_substitutions_like_the_base_image(repo: Path, environ: dict[str, str]) -> None:
+    write_image(
+        repo, "runtime", f'base = "{BASE}"\n[inputs]\nCOMPILED = "app"\n', dockerfile=INPUT_DOCKERFILE
+    )
+    plan = compute_plan(load_settings(repo), use_cache=False)
+    request = build_request(plan, plan.get("runtime"), Provenance("abc", ""), "2026-01-01T00:00:00Z")
+    labels = tuple(request.labels)
+    (repo / "cloudbuild" / "runtime.yaml").write_text(config_text("runtime", ["COMPILED"], labels))
+    compiled = f"{REGISTRY}/app:{plan.get('app').tag}"
+
+    build, _ = backend(repo, environ).submission(request)
+
+    assert build.substitutions["_COMPILED"] == compiled
+    assert build.substitutions["_BASE_IMAGE"] == BASE
+    config = cloudbuild_config.load_config(repo / "cloudbuild" / "runtime.yaml")
+    resolved = cloudbuild_config.apply_substitutions(config, dict(build.substitutions))
+    assert f"--build-arg=COMPILED={compiled}" in resolved["steps"][0]["args"]
+    # A config that forgets the input is refused before anything is sent, as Cloud Build would.
+    (repo / "cloudbuild" / "runtime.yaml").write_text(config_text("runtime", [], labels))
+    with pytest.raises(ConfigError, match="substitution _COMPILED is provided but never used"):
+        backend(repo, environ).submission(request)
 
 
 class _TokenRegistry(http.server.BaseHTTPRequestHandler):

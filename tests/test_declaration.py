@@ -93,6 +93,12 @@ BAD_INPUTS = [
         "must derive from",
     ),
     (
+        "scratch image that never uses its base",
+        _write("images/a/Dockerfile", "ARG BASE_IMAGE\nFROM scratch\nCOPY a.txt /a.txt\n"),
+        "images/a/Dockerfile",
+        "must derive from",
+    ),
+    (
         "context outside the repository",
         _write("images/a/image.toml", 'base = "x:1"\ncontext = "../../.."\n'),
         "images/a/image.toml",
@@ -217,6 +223,8 @@ def test_unpinned_base_is_accepted_and_reported_unpinned(tmp_path: Path) -> None
         "# syntax=docker/dockerfile:1\nARG BASE_IMAGE=x\nFROM ${BASE_IMAGE} AS base\nRUN true\nFROM base\n",
         "ARG OTHER\nARG BASE_IMAGE\nFROM ${OTHER} AS tools\nFROM ${BASE_IMAGE}\nCOPY --from=tools /a /a\n",
         "ARG BASE_IMAGE\nFROM \\\n  ${BASE_IMAGE}\n",
+        # Only what was made on the base: a scratch image for another image's COPY --from.
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE} AS compile\nRUN make\nFROM scratch\nCOPY --from=compile /o /o\n",
     ],
 )
 def test_accepted_base_wiring(tmp_path: Path, dockerfile: str) -> None:

@@ -27,7 +27,7 @@ class BuildRequest:
 
     image: PlannedImage
     base_reference: str  # the exact BASE_IMAGE: parent's `ref:<hash tag>` or the pinned base
-    build_args: Mapping[str, str]  # the image's build args plus BASE_IMAGE
+    build_args: Mapping[str, str]  # the image's build args, each input's reference, BASE_IMAGE
     labels: Mapping[str, str]  # OCI labels and the freshness labels
     references: tuple[str, ...]  # `<repo>:<hash tag>` first, then `<repo>:latest`
     registry: str  # "" = keep in the engine's store, else push every reference there

@@ -20,13 +20,13 @@ from typing import Literal
 
 from imagecascade.core.backend import Backend, BuildError, BuildEvent, BuildRequest, ImageStore
 from imagecascade.core.build_log import log_path
-from imagecascade.core.graph import ancestors
+from imagecascade.core.graph import ancestors, edges
 from imagecascade.core.plan import Plan, PlannedImage, image_reference
 from imagecascade.core.refusals import describe
 from imagecascade.errors import INTERRUPTED, BackendError, BuildFailed, ConfigError, NotBuilt
 from imagecascade.signals import interrupt_name
 
-# "parent missing": a selected image's parent is outside the selection and not in the target.
+# "parent missing": a selected image's parent or input is outside the selection and not in the target.
 Action = Literal["present", "build", "refused", "blocked", "parent missing"]
 Outcome = Literal["built", "present", "failed", "refused", "blocked", "cancelled", "would build"]
 FORCED = "forced (--force): no layer cache, external bases pulled again"
@@ -44,7 +44,7 @@ LABEL_PARENT_HASH = "io.imagecascade.parent-hash"
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CascadeOptions:
     only: tuple[str, ...] = ()  # empty: every image of the plan
-    with_parents: bool = False  # with `only`: also build missing ancestors
+    with_parents: bool = False  # with `only`: also build missing ancestors (parents and inputs)
     force: bool = False  # rebuild the selected images even when their tag exists
     jobs: int = 2
     dry_run: bool = False
@@ -159,19 +159,32 @@ def selection(plan: Plan, options: CascadeOptions) -> list[str]:
     return [name for name in names if name in chosen]
 
 
+def input_references(plan: Plan, image: PlannedImage) -> dict[str, str]:
+    """Each input's build arg -> that image's exact hash reference in the target (never :latest)."""
+    return {
+        arg: image_reference(name, plan.get(name).tag, plan.settings.registry)
+        for arg, name in image.spec.inputs.items()
+    }
+
+
+def _dependency_label(name: str, how: str) -> str:
+    return f"parent {name}" if how == "parent" else f"{how} {name}"
+
+
 def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decision]:
     """What to do with each selected image, and why. Store errors propagate (BackendError)."""
     names = selection(plan, options)
     chosen = set(names)
-    # Parents outside the selection must be present for a child to build on them.
+    # Parents and inputs outside the selection must be present for an image to build on them.
     outside = {
-        plan.get(name).spec.parent
+        dependency
         for name in names
-        if plan.get(name).spec.parent is not None and plan.get(name).spec.parent not in chosen
+        for dependency, _ in edges(plan.get(name).spec)
+        if dependency not in chosen
     }
     # --force applies to the named images; ancestors added by --with-parents build only when missing.
     forced = {name for name in names if options.force and (not options.only or name in options.only)}
-    lookups = [name for name in names if name not in forced] + sorted(n for n in outside if n is not None)
+    lookups = [name for name in names if name not in forced] + sorted(outside)
     present = _look_up(plan, store, lookups)
     target = store.description
     decisions: list[Decision] = []
@@ -179,35 +192,45 @@ def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decis
     unbuildable: set[str] = set()  # refused or blocked in this run
     for name in names:
         image = plan.get(name)
-        parent = image.spec.parent
         reference = image_reference(name, image.tag, plan.settings.registry)
         base = base_reference(plan, image)
-        parent_missing = parent is not None and parent not in chosen and not present[parent]
+        dependencies = edges(image.spec)
+        missing = [
+            (dependency, how)
+            for dependency, how in dependencies
+            if dependency not in chosen and not present[dependency]
+        ]
         wanted = name in forced or not present[name]
-        if parent_missing and wanted:
+        if missing and wanted:
+            dependency, how = missing[0]
             decisions.append(
                 Decision(
                     name=name,
                     action="parent missing",
-                    reason=f"parent {parent}:{plan.get(str(parent)).tag} is missing in {target}",
+                    reason=f"{_dependency_label(f'{dependency}:{plan.get(dependency).tag}', how)} "
+                    f"is missing in {target}",
                     reference=reference,
                     base_reference=base,
                 )
             )
             continue
+        rebuilt = [(dependency, how) for dependency, how in dependencies if dependency in building]
         action: Action
         fixes: tuple[str, ...] = ()
         if wanted and image.cannot_build:
             action, reason = "refused", describe(image.cannot_build)
             fixes = tuple(refusal.fix for refusal in image.cannot_build)
-        elif wanted and parent in unbuildable:
-            action, reason = "blocked", f"parent {parent} cannot be built"
+        elif wanted and any(dependency in unbuildable for dependency, _ in dependencies):
+            dependency, how = next(item for item in dependencies if item[0] in unbuildable)
+            action, reason = "blocked", f"{_dependency_label(dependency, how)} cannot be built"
         elif name in forced:
             action, reason = "build", FORCED
         elif present[name]:
             action, reason = "present", f"present in {target}"
-        elif parent in building:
-            action, reason = "build", f"missing in {target} (parent {parent} is rebuilt)"
+        elif rebuilt:
+            because = ", ".join(_dependency_label(dependency, how) for dependency, how in rebuilt)
+            verb = "is" if len(rebuilt) == 1 else "are"
+            action, reason = "build", f"missing in {target} ({because} {verb} rebuilt)"
         else:
             action, reason = "build", f"missing in {target}"
         if action == "build":
@@ -290,7 +313,7 @@ def build_request(
     return BuildRequest(
         image=image,
         base_reference=base,
-        build_args={**image.spec.build_args, "BASE_IMAGE": base},
+        build_args={**image.spec.build_args, **input_references(plan, image), "BASE_IMAGE": base},
         labels=labels,
         references=(
             image_reference(image.name, image.tag, registry),
@@ -314,8 +337,8 @@ def run_cascade(
     """Build what is missing (or forced) in dependency order, at most `options.jobs` at once.
 
     A failed build blocks its descendants only. Ctrl-C (or `cancelled` set by the caller) stops
-    the running builds and starts no new ones. Raises NotBuilt when a selected image's parent is
-    missing and not selected, BackendError when the target cannot be asked; in both cases
+    the running builds and starts no new ones. Raises NotBuilt when a selected image's parent or
+    input is missing and not selected, BackendError when the target cannot be asked; in both cases
     nothing was built.
     """
     if options.jobs < 1:
@@ -456,15 +479,20 @@ class _Scheduler:
     ) -> None:
         in_flight = set(running.values())
         for name in list(pending):
-            parent = self.plan.get(name).spec.parent
-            parent_result = self.results.get(parent) if parent else None
-            if parent_result is not None and parent_result.outcome in _NOT_BUILT:
+            dependencies = edges(self.plan.get(name).spec)
+            unbuilt = [
+                (dependency, how, self.results[dependency].outcome)
+                for dependency, how in dependencies
+                if dependency in self.results and self.results[dependency].outcome in _NOT_BUILT
+            ]
+            if unbuilt:
                 pending.remove(name)
-                verb = "failed" if parent_result.outcome == "failed" else "was not built"
-                self._finish_unstarted(name, "blocked", f"parent {parent} {verb}")
+                dependency, how, outcome = unbuilt[0]
+                verb = "failed" if outcome == "failed" else "was not built"
+                self._finish_unstarted(name, "blocked", f"{_dependency_label(dependency, how)} {verb}")
                 continue
-            if parent in pending or parent in in_flight:
-                continue  # waits for its parent
+            if any(dependency in pending or dependency in in_flight for dependency, _ in dependencies):
+                continue  # waits for its parent and its inputs
             if len(running) >= self.jobs:
                 continue  # keep walking: descendants of failures still get marked blocked
             pending.remove(name)

@@ -23,6 +23,7 @@ DEFAULT_PLATFORM = "linux/amd64"
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+# A build arg name as Dockerfiles can use it in `ARG NAME` and `${NAME}`.
 _BUILD_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -41,6 +42,7 @@ _KEYS = {
     "target",
     "upstream_build_args",
     "required_build_args",
+    "inputs",
     "smoke",
     "cloudbuild",
     "secrets",
@@ -73,12 +75,20 @@ class ImageSpec:
     # have a source, or the image is refused before building.
     secrets: tuple[str, ...] = ()
     required_secrets: tuple[str, ...] = ()
+    # Build arg name -> another image of this repository. The arg receives that image's exact
+    # hash reference, and its freshness hash goes into this image's hash like the parent's.
+    inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     smoke: SmokeChecks = dataclasses.field(default_factory=SmokeChecks)
     cloudbuild: CloudBuildOptions = dataclasses.field(default_factory=CloudBuildOptions)
 
     @property
     def declaration_path(self) -> Path:
         return self.folder / DECLARATION_FILE
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        """The images of this repository this one is built from: the parent, then each input."""
+        return ((self.parent,) if self.parent is not None else ()) + tuple(self.inputs.values())
 
     @property
     def base_is_pinned(self) -> bool:
@@ -113,6 +123,50 @@ def _string(path: Path, data: Mapping[str, Any], key: str) -> str | None:
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _inputs(
+    declaration: Path,
+    data: Mapping[str, Any],
+    build_args: Mapping[str, str],
+    parent: str | None,
+    parsed: dockerfile.Dockerfile,
+) -> dict[str, str]:
+    """`[inputs]`: build arg name -> image name, checked on its own (existence by load_images)."""
+    raw = data.get("inputs", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{declaration}: [inputs] must be a table of build arg name = image name")
+    declared = parsed.global_args
+    inputs: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{declaration}: inputs.{key} must be an image name (a string), not {type(value).__name__}"
+            )
+        if not _BUILD_ARG_NAME.match(key):
+            raise ConfigError(f"{declaration}: inputs.{key}: {key!r} is not a valid build arg name")
+        if key == "BASE_IMAGE":
+            raise ConfigError(f"{declaration}: inputs.BASE_IMAGE: BASE_IMAGE is set from `parent`/`base`")
+        if key in build_args:
+            raise ConfigError(
+                f"{declaration}: build arg {key} is declared in both [build_args] and [inputs]; keep one"
+            )
+        if not _IMAGE_NAME.match(value):
+            raise ConfigError(f"{declaration}: inputs.{key}: {value!r} is not an image name of images/")
+        if value == declaration.parent.name:
+            raise ConfigError(f"{declaration}: inputs.{key}: an image cannot be its own input")
+        if value == parent:
+            raise ConfigError(
+                f"{declaration}: inputs.{key}: {value} is already the parent (BASE_IMAGE); "
+                "an image is either the parent or an input"
+            )
+        if key not in declared:
+            raise ConfigError(
+                f"{declaration}: inputs.{key}: the Dockerfile declares no `ARG {key}` before its first "
+                f"FROM, so `FROM ${{{key}}}` cannot use the input"
+            )
+        inputs[key] = value
+    return dict(sorted(inputs.items()))
 
 
 def load_image(folder: Path, root: Path) -> ImageSpec:
@@ -188,6 +242,12 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
     if "BASE_IMAGE" in required_build_args:
         raise ConfigError(f"{declaration}: required_build_args: BASE_IMAGE is always set from parent/base")
     secrets, required_secrets = _secrets(declaration, data, parsed)
+    inputs = _inputs(declaration, data, build_args, parent, parsed)
+    for key in required_build_args:
+        if key in inputs:
+            raise ConfigError(
+                f"{declaration}: required_build_args: {key} is an input, always set from [inputs]"
+            )
     description = _string(declaration, data, "description") or ""
     for section in ("smoke", "cloudbuild"):
         if section in data and not isinstance(data[section], dict):
@@ -207,6 +267,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         required_build_args=tuple(dict.fromkeys(required_build_args)),
         secrets=secrets,
         required_secrets=required_secrets,
+        inputs=inputs,
         smoke=parse_smoke_checks(data.get("smoke", {}), f"{declaration}: [smoke]"),
         cloudbuild=parse_cloudbuild_options(data.get("cloudbuild", {}), f"{declaration}: [cloudbuild]"),
     )
@@ -260,6 +321,12 @@ def load_images(settings: Settings) -> dict[str, ImageSpec]:
                 f"{spec.declaration_path}: unknown parent {spec.parent!r} "
                 f"(no folder {images_dir.name}/{spec.parent})"
             )
+        for key, name in spec.inputs.items():
+            if name not in specs:
+                raise ConfigError(
+                    f"{spec.declaration_path}: inputs.{key}: unknown image {name!r} "
+                    f"(no folder {images_dir.name}/{name})"
+                )
     from imagecascade.core.graph import dependency_order
 
     return {name: specs[name] for name in dependency_order(specs)}

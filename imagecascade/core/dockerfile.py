@@ -177,7 +177,9 @@ def base_wiring_problem(parsed: Dockerfile, target: str | None = None) -> str | 
     The stage that is built (`target`, else the last) is followed back through named stages to
     the first stage it derives from, which must be `FROM ${BASE_IMAGE}`; `ARG BASE_IMAGE` must be
     declared before the first FROM so that it is usable there. Other stages may come from
-    anywhere, other build args included (`FROM ${WHEELS_IMAGE} AS wheels`).
+    anywhere, other build args included (`FROM ${WHEELS_IMAGE} AS wheels`). A built stage
+    `FROM scratch` is accepted when another stage derives from `${BASE_IMAGE}`: an image that holds
+    only what was made on its base need not carry the base.
     """
     if BASE_IMAGE_ARG not in parsed.global_args:
         return "must declare `ARG BASE_IMAGE` before its first FROM"
@@ -201,6 +203,8 @@ def base_wiring_problem(parsed: Dockerfile, target: str | None = None) -> str | 
             break
         seen.add(stage.source.lower())
         stage = parent
+    if stage.source.lower() == "scratch" and any(item.source in _BASE_IMAGE_REFS for item in all_stages):
+        return None  # an image of what was made on the base (wheels for another image's COPY --from)
     if stage.source not in _BASE_IMAGE_REFS:
         return (
             f"line {stage.line}: the built stage derives from {stage.source!r}; "

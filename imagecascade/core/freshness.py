@@ -28,6 +28,7 @@ class ImageInputs:
     target: str | None
     parent: str | None
     base: str | None
+    inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # build arg -> image name
 
     def file_map(self) -> dict[str, str]:
         return {entry.path: entry.describe() for entry in self.files}
@@ -47,11 +48,19 @@ def collect_inputs(spec: ImageSpec, cache: DigestCache | None, skip: frozenset[s
         target=spec.target,
         parent=spec.parent,
         base=spec.base,
+        inputs=dict(spec.inputs),
     )
 
 
-def canonical_encoding(inputs: ImageInputs, parent_hash: str | None) -> bytes:
-    """The exact bytes that are hashed. Paths are relative and POSIX; no times, owners or git."""
+def canonical_encoding(
+    inputs: ImageInputs, parent_hash: str | None, input_hashes: Mapping[str, str] | None = None
+) -> bytes:
+    """The exact bytes that are hashed. Paths are relative and POSIX; no times, owners or git.
+
+    `input_hashes` maps each input's build arg name to that image's freshness hash; it is encoded
+    like the parent's hash, and only when the image has inputs, so images without inputs keep
+    the hashes they had before inputs existed.
+    """
     document: dict[str, Any] = {
         "format": HASH_FORMAT,
         "dockerfile": inputs.dockerfile_digest,
@@ -61,15 +70,26 @@ def canonical_encoding(inputs: ImageInputs, parent_hash: str | None) -> bytes:
         "target": inputs.target,
         "from": {"parent_hash": parent_hash} if inputs.parent is not None else {"base": inputs.base},
     }
+    if inputs.inputs:
+        document["inputs"] = {arg: (input_hashes or {})[arg] for arg in sorted(inputs.inputs)}
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     # A file name that is not UTF-8 is hashed as its own bytes (surrogateescape gives them back).
     return text.encode("utf-8", "surrogateescape")
 
 
-def freshness_hash(inputs: ImageInputs, parent_hash: str | None) -> str:
+def freshness_hash(
+    inputs: ImageInputs, parent_hash: str | None, input_hashes: Mapping[str, str] | None = None
+) -> str:
+    """sha256 hex of the canonical encoding.
+
+    Raises ValueError unless `parent_hash` is given exactly when the image has a parent and
+    `input_hashes` has exactly the image's input build args.
+    """
     if (inputs.parent is None) != (parent_hash is None):
         raise ValueError("a parent hash is required exactly when the image has a parent")
-    return hashlib.sha256(canonical_encoding(inputs, parent_hash)).hexdigest()
+    if set(input_hashes or {}) != set(inputs.inputs):
+        raise ValueError("an input hash is required for exactly each of the image's inputs")
+    return hashlib.sha256(canonical_encoding(inputs, parent_hash, input_hashes)).hexdigest()
 
 
 def short_hash(full: str) -> str:

@@ -1,4 +1,9 @@
-"""The cascade as a graph: order, descendants, and drawings for terminals and docs."""
+"""The cascade as a graph: order, ancestors and descendants, and drawings for terminals and docs.
+
+Each image depends on its parent (the image it is built `FROM`) and on its inputs (images whose
+exact hash references it receives as build args, to `COPY --from`). Both kinds of edge order the
+builds and move hashes; only parent edges make the tree that lineages and smoke checks follow.
+"""
 
 from __future__ import annotations
 
@@ -10,49 +15,46 @@ from imagecascade.errors import ConfigError
 GraphFormat = Literal["tree", "mermaid", "dot"]
 
 
-class HasParent(Protocol):
+class Node(Protocol):
     @property
     def parent(self) -> str | None: ...
 
+    @property
+    def inputs(self) -> Mapping[str, str]: ...
 
-def dependency_order(specs: Mapping[str, HasParent]) -> list[str]:
-    """Parents before children; siblings by name. A cycle is a ConfigError naming its members."""
-    order: list[str] = []
+
+def edges(spec: Node) -> list[tuple[str, str]]:
+    """(image, how) for each image `spec` depends on: `parent`, then `input ARG` in arg order."""
+    found = [(spec.parent, "parent")] if spec.parent is not None else []
+    return found + [(image, f"input {arg}") for arg, image in sorted(spec.inputs.items())]
+
+
+def _check_acyclic(specs: Mapping[str, Node]) -> None:
     state: dict[str, Literal["visiting", "done"]] = {}
 
-    def visit(name: str, path: list[str]) -> None:
+    def visit(name: str, trail: list[tuple[str, str]]) -> None:
+        # trail: (image, how it depends on the next image of the trail), from the walk's start.
         if state.get(name) == "done":
             return
         if state.get(name) == "visiting":
-            cycle = [*path[path.index(name) :], name]
+            cycle = trail[[image for image, _ in trail].index(name) :]
             location = getattr(specs[name], "declaration_path", name)
-            raise ConfigError(f"{location}: parent cycle {' -> '.join(cycle)}")
+            if all(how == "parent" for _, how in cycle):
+                raise ConfigError(f"{location}: parent cycle {' -> '.join([*(i for i, _ in cycle), name])}")
+            chain = "".join(f"{image} -({how})-> " for image, how in cycle) + name
+            raise ConfigError(f"{location}: cycle through inputs {chain}")
         state[name] = "visiting"
-        parent = specs[name].parent
-        if parent is not None and parent in specs:
-            visit(parent, [*path, name])
+        for dependency, how in edges(specs[name]):
+            if dependency in specs:
+                visit(dependency, [*trail, (name, how)])
         state[name] = "done"
-        order.append(name)
 
     for name in sorted(specs):
         visit(name, [])
-    # Stable, readable order: by depth first would split lineages; instead keep each lineage
-    # contiguous by walking roots in name order and children in name order.
-    children = children_of(specs)
-    result: list[str] = []
-
-    def walk(name: str) -> None:
-        result.append(name)
-        for child in children.get(name, []):
-            walk(child)
-
-    for name in order:
-        if specs[name].parent is None or specs[name].parent not in specs:
-            walk(name)
-    return result
 
 
-def children_of(specs: Mapping[str, HasParent]) -> dict[str, list[str]]:
+def children_of(specs: Mapping[str, Node]) -> dict[str, list[str]]:
+    """Parent -> its children by name (parent edges only: the tree of lineages)."""
     children: dict[str, list[str]] = {}
     for name in sorted(specs):
         parent = specs[name].parent
@@ -61,35 +63,76 @@ def children_of(specs: Mapping[str, HasParent]) -> dict[str, list[str]]:
     return children
 
 
-def descendants(specs: Mapping[str, HasParent], name: str) -> list[str]:
-    """Every image below `name`, in dependency order."""
+def dependency_order(specs: Mapping[str, Node]) -> list[str]:
+    """Every image after its parent and its inputs; lineages kept together where the inputs allow.
+
+    A cycle (through parents, inputs or both) is a ConfigError naming its members.
+    """
+    _check_acyclic(specs)
     children = children_of(specs)
-    found: list[str] = []
-    pending = list(children.get(name, []))
+    walk: list[str] = []
+
+    def visit(name: str) -> None:
+        walk.append(name)
+        for child in children.get(name, []):
+            visit(child)
+
+    for name in sorted(specs):
+        if specs[name].parent is None or specs[name].parent not in specs:
+            visit(name)
+    # Stable topological order: always take the first image of the lineage walk whose
+    # dependencies are placed, so an input's lineage moves up only as far as it must.
+    placed: set[str] = set()
+    order: list[str] = []
+    remaining = list(walk)
+    while remaining:
+        for index, name in enumerate(remaining):
+            if all(dependency in placed or dependency not in specs for dependency, _ in edges(specs[name])):
+                order.append(name)
+                placed.add(name)
+                del remaining[index]
+                break
+        else:  # pragma: no cover - _check_acyclic has ruled this out
+            raise ConfigError(f"cycle among {', '.join(remaining)}")
+    return order
+
+
+def descendants(specs: Mapping[str, Node], name: str) -> list[str]:
+    """Every image built from `name`, through parents or inputs, in dependency order."""
+    below: set[str] = set()
+    for candidate in dependency_order(specs):
+        if any(dependency == name or dependency in below for dependency, _ in edges(specs[candidate])):
+            below.add(candidate)
+    return [candidate for candidate in dependency_order(specs) if candidate in below]
+
+
+def ancestors(specs: Mapping[str, Node], name: str) -> list[str]:
+    """Every image `name` is built from (parents and inputs, transitively), in dependency order."""
+    above: set[str] = set()
+    pending = [dependency for dependency, _ in edges(specs[name]) if dependency in specs]
     while pending:
-        child = pending.pop(0)
-        found.append(child)
-        pending.extend(children.get(child, []))
-    return found
+        dependency = pending.pop()
+        if dependency not in above:
+            above.add(dependency)
+            pending.extend(found for found, _ in edges(specs[dependency]) if found in specs)
+    return [candidate for candidate in dependency_order(specs) if candidate in above]
 
 
-def ancestors(specs: Mapping[str, HasParent], name: str) -> list[str]:
-    """Every image above `name`, root first."""
-    chain: list[str] = []
-    parent = specs[name].parent
-    while parent is not None and parent in specs:
-        chain.insert(0, parent)
-        parent = specs[parent].parent
-    return chain
+def _input_note(spec: Node) -> str:
+    return ", ".join(f"{arg}={image}" for arg, image in sorted(spec.inputs.items()))
 
 
 def render(
-    specs: Mapping[str, HasParent],
+    specs: Mapping[str, Node],
     labels: Mapping[str, str],
     stale: Iterable[str],
     fmt: GraphFormat,
 ) -> str:
-    """Draw the cascade. `labels` gives each image's caption (e.g. its short hash)."""
+    """Draw the cascade. `labels` gives each image's caption (e.g. its short hash).
+
+    Parent edges are the tree's branches (solid arrows); input edges are drawn apart: `⇠ ARG=image`
+    after the caption in the tree, dotted labelled arrows in mermaid and dashed ones in dot.
+    """
     stale_set = set(stale)
     names = dependency_order(specs)
     children = children_of(specs)
@@ -99,7 +142,8 @@ def render(
 
         def draw(name: str, prefix: str, last: bool, top: bool) -> None:
             mark = " [stale]" if name in stale_set else ""
-            caption = f"{name} {labels.get(name, '')}".rstrip() + mark
+            note = f" ⇠ {_input_note(specs[name])}" if specs[name].inputs else ""
+            caption = f"{name} {labels.get(name, '')}".rstrip() + mark + note
             if top:
                 lines.append(f"{external[name] or '(no base)'}")
                 lines.append(f"└── {caption}")
@@ -123,9 +167,13 @@ def render(
         for name in names:
             mark = " (stale)" if name in stale_set else ""
             out.append(f'  {ids[name]}["{name} {labels.get(name, "")}{mark}"]')
-            parent = specs[name].parent
-            if parent is not None:
-                out.append(f"  {ids[parent]} --> {ids[name]}")
+            for dependency, how in edges(specs[name]):
+                if dependency not in ids:
+                    continue
+                if how == "parent":
+                    out.append(f"  {ids[dependency]} --> {ids[name]}")
+                else:
+                    out.append(f'  {ids[dependency]} -.->|"{how}"| {ids[name]}')
             if name in stale_set:
                 out.append(f"  class {ids[name]} stale")
         out.append("  classDef stale fill:#fdd,stroke:#c00")
@@ -140,9 +188,13 @@ def render(
             style = ' style=filled fillcolor="#ffdddd"' if name in stale_set else ""
             mark = " (stale)" if name in stale_set else ""
             out.append(f'  "{name}" [label="{name}\\n{labels.get(name, "")}{mark}"{style}];')
-            parent = specs[name].parent
-            if parent is not None:
-                out.append(f'  "{parent}" -> "{name}";')
+            for dependency, how in edges(specs[name]):
+                if dependency not in specs:
+                    continue
+                if how == "parent":
+                    out.append(f'  "{dependency}" -> "{name}";')
+                else:
+                    out.append(f'  "{dependency}" -> "{name}" [style=dashed arrowhead=empty label="{how}"];')
         out.append("}")
         return "\n".join(out)
     raise ConfigError(f"--format: unknown graph format {fmt!r} (tree, mermaid, dot)")

@@ -31,6 +31,8 @@ class LockEntry:
     dockerfile: str
     files: Mapping[str, str]
     hash_format: int = HASH_FORMAT
+    # Build arg -> {"image": name, "hash": that image's freshness hash}.
+    inputs: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,7 @@ class LockEntry:
             "parent": self.parent,
             "parent_hash": self.parent_hash,
             "base": self.base,
+            "inputs": {arg: dict(self.inputs[arg]) for arg in sorted(self.inputs)},
             "platform": self.platform,
             "target": self.target,
             "build_args": dict(sorted(self.build_args.items())),
@@ -47,8 +50,15 @@ class LockEntry:
         }
 
 
-def entry_for(inputs: ImageInputs, image_hash: str, parent_hash: str | None) -> LockEntry:
+def entry_for(
+    inputs: ImageInputs,
+    image_hash: str,
+    parent_hash: str | None,
+    input_hashes: Mapping[str, str] | None = None,
+) -> LockEntry:
+    hashes = input_hashes or {}
     return LockEntry(
+        inputs={arg: {"image": image, "hash": hashes.get(arg, "")} for arg, image in inputs.inputs.items()},
         hash=image_hash,
         parent=inputs.parent,
         parent_hash=parent_hash,
@@ -95,10 +105,17 @@ def parse_lock(text: str, source: str) -> dict[str, LockEntry]:
                 build_args=raw["build_args"],
                 dockerfile=raw["dockerfile"],
                 files=raw["files"],
+                inputs=_read_inputs(raw.get("inputs", {})),
             )
     except (KeyError, TypeError, AttributeError) as error:
         raise ConfigError(f"{path}: malformed entry ({error!r}); run `invoke hashes --write`") from error
     return entries
+
+
+def _read_inputs(raw: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(raw, dict):
+        raise TypeError("inputs must be an object")
+    return {str(arg): {"image": str(item["image"]), "hash": str(item["hash"])} for arg, item in raw.items()}
 
 
 def render_lock(entries: Mapping[str, LockEntry]) -> str:
@@ -138,6 +155,22 @@ def _detail(record: str) -> str:
     return record.partition(" ")[2]
 
 
+def _input_reasons(old: LockEntry, new: LockEntry) -> list[str]:
+    reasons = []
+    for arg in sorted(set(old.inputs) | set(new.inputs)):
+        was, now = old.inputs.get(arg), new.inputs.get(arg)
+        if was is None and now is not None:
+            reasons.append(f"input {arg} {now['image']} added")
+        elif now is None and was is not None:
+            reasons.append(f"input {arg} removed (was {was['image']})")
+        elif was is not None and now is not None:
+            if was["image"] != now["image"]:
+                reasons.append(f"input {arg} {was['image']} → {now['image']}")
+            elif was["hash"] != now["hash"]:
+                reasons.append(f"input {arg} {now['image']} changed")
+    return reasons
+
+
 def explain(old: LockEntry | None, new: LockEntry | None) -> list[str]:
     """Why `new` differs from what the lock recorded, most telling reason first.
 
@@ -152,6 +185,7 @@ def explain(old: LockEntry | None, new: LockEntry | None) -> list[str]:
         reasons.append(f"parent {old.parent or '(none)'} → {new.parent or '(none)'}")
     elif new.parent is not None and old.parent_hash != new.parent_hash:
         reasons.append(f"parent {new.parent} changed")
+    reasons += _input_reasons(old, new)
     if old.base != new.base:
         reasons.append(f"base {old.base or '(none)'} → {new.base or '(none)'}")
     if old.dockerfile != new.dockerfile:

@@ -23,6 +23,7 @@ class PlannedImage:
     hash: str
     parent_hash: str | None
     lock_hash: str | None
+    input_hashes: Mapping[str, str] = dataclasses.field(default_factory=dict)  # build arg -> hash
     reasons: tuple[str, ...]  # why the hash differs from the lock; empty when current
     cannot_build: tuple[Refusal, ...] = ()  # why it cannot be built as it stands; empty when it can
 
@@ -39,7 +40,7 @@ class PlannedImage:
         return self.lock_hash == self.hash
 
     def lock_entry(self) -> LockEntry:
-        return entry_for(self.inputs, self.hash, self.parent_hash)
+        return entry_for(self.inputs, self.hash, self.parent_hash, self.input_hashes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,19 +99,21 @@ def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
     for name, spec in specs.items():
         inputs = collect_inputs(spec, cache, skip)
         parent_hash = hashes[spec.parent] if spec.parent is not None else None
-        image_hash = freshness_hash(inputs, parent_hash)
+        input_hashes = {arg: hashes[image] for arg, image in spec.inputs.items()}
+        image_hash = freshness_hash(inputs, parent_hash, input_hashes)
         hashes[name] = image_hash
         old = lock.get(name)
         if old is None or old.hash == image_hash:
             reasons = explain(old, None)
         else:  # the per-file record is only worth building when there is a change to explain
-            reasons = explain(old, entry_for(inputs, image_hash, parent_hash))
+            reasons = explain(old, entry_for(inputs, image_hash, parent_hash, input_hashes))
         planned.append(
             PlannedImage(
                 spec=spec,
                 inputs=inputs,
                 hash=image_hash,
                 parent_hash=parent_hash,
+                input_hashes=input_hashes,
                 lock_hash=old.hash if old else None,
                 reasons=tuple(reasons),
                 cannot_build=declaration_refusals(spec, settings.root),
@@ -155,6 +158,11 @@ def plan_document(
             "name": image.name,
             "parent": image.spec.parent,
             "base": image.spec.base,
+            "inputs": dict(image.spec.inputs),
+            "input_references": {
+                arg: image_reference(name, short_hash(image.input_hashes[arg]), plan.settings.registry)
+                for arg, name in image.spec.inputs.items()
+            },
             "base_pinned": image.spec.base_is_pinned if image.spec.base else None,
             "unpinned": image.spec.unpinned,
             "hash": image.hash,

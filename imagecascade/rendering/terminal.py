@@ -40,12 +40,13 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]], backend:
     from imagecascade.core.placement import builds_on
 
     table = Table(title=f"images ({plan.settings.registry or 'local engine store'})")
-    for column in ("image", "parent / base", "tag", "lock", "build", "builds on", "reasons"):
+    for column in ("image", "parent / base, inputs", "tag", "lock", "build", "builds on", "reasons"):
         table.add_column(column, overflow="fold", no_wrap=column in ("image", "tag"))
     for image in plan.images:
         spec = image.spec
         unpinned = f" [yellow](unpinned: {', '.join(spec.unpinned)})[/]" if spec.unpinned else ""
-        origin = f"{spec.parent or spec.base}{unpinned}"
+        inputs = "".join(f"\n⇠ {arg}={name}" for arg, name in spec.inputs.items())
+        origin = f"{spec.parent or spec.base}{unpinned}{inputs}"
         lock = "[green]current[/]" if image.locked else "[red]stale[/]"
         state, detail = build_states.get(image.name, ("unknown", "not looked up"))
         colour = {"present": "green", "missing": "yellow"}.get(state, "red")
