@@ -27,7 +27,7 @@ from imagecascade.core.settings import load_settings
 from imagecascade.errors import NotBuilt
 
 REGISTRY = "127.0.0.1:5000/ns"
-ALL = ["other", "zcompile", "runtime", "app"]  # dependency order
+ALL = ["zcompile", "runtime", "app", "other"]  # dependency order
 
 
 def plan_of(root: Path, registry: str = REGISTRY) -> Plan:

@@ -69,6 +69,20 @@ def dependency_order(specs: Mapping[str, Node]) -> list[str]:
     A cycle (through parents, inputs or both) is a ConfigError naming its members.
     """
     _check_acyclic(specs)
+    # Roots in the order a depth-first walk from the names (sorted) first finishes them, each
+    # followed by its whole lineage; then shifted only where an input must come earlier.
+    finished: dict[str, None] = {}  # insertion-ordered set
+
+    def finish(name: str) -> None:
+        if name in finished:
+            return
+        for dependency, _ in edges(specs[name]):
+            if dependency in specs:
+                finish(dependency)
+        finished[name] = None
+
+    for name in sorted(specs):
+        finish(name)
     children = children_of(specs)
     walk: list[str] = []
 
@@ -77,7 +91,7 @@ def dependency_order(specs: Mapping[str, Node]) -> list[str]:
         for child in children.get(name, []):
             visit(child)
 
-    for name in sorted(specs):
+    for name in finished:
         if specs[name].parent is None or specs[name].parent not in specs:
             visit(name)
     # Stable topological order: always take the first image of the lineage walk whose
