@@ -180,7 +180,7 @@ def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: st
 
     from imagecascade.cloud.submission import build_submission
     from imagecascade.core.build_options import CloudBuildFlags
-    from imagecascade.core.cascade import Provenance, build_request
+    from imagecascade.core.cascade import Provenance, build_request, input_references
     from imagecascade.core.plan import compute_plan
     from imagecascade.core.settings import load_settings
 
@@ -190,7 +190,11 @@ def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: st
     plan = compute_plan(settings, use_cache=False)
     image = plan.get(name)
     config = load_config(cloudbuild_config.config_path(REPO, name))
-    assert cloudbuild_config.declared_build_args(config) == {"BASE_IMAGE", *image.spec.build_args}
+    assert cloudbuild_config.declared_build_args(config) == {
+        "BASE_IMAGE",
+        *image.spec.build_args,
+        *image.spec.inputs,
+    }
     request = build_request(
         plan, image, Provenance(revision="0" * 40, source="https://example.invalid/x"), "now"
     )
@@ -201,6 +205,8 @@ def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: st
         request.references
     )
     assert substitutions["_BASE_IMAGE"] == request.base_reference
+    for arg, reference in input_references(plan, image).items():  # the same way as _BASE_IMAGE
+        assert substitutions[cloudbuild_config.build_arg_substitution(arg)] == reference
     minutes = image.spec.cloudbuild.timeout_minutes or 60
     assert body["timeout"] == f"{minutes * 60}s"
     # The body is a valid API Build (the generated type parses it, enums by name).

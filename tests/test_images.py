@@ -34,10 +34,11 @@ def ids(paths: list[Path]) -> list[str]:
     return [str(path.relative_to(IMAGES)) for path in paths]
 
 
-def test_the_four_images_are_there() -> None:
+def test_the_five_images_are_there() -> None:
     assert [folder.name for folder in FOLDERS] == [
         "arr-ml-stack",
         "arr-pytorch-base",
+        "arr-pytorch-wheels",
         "arr-trainer",
         "arr-vertex-launcher",
     ]
@@ -166,6 +167,148 @@ def test_base_and_ml_stack_agree_on_shared_pins() -> None:
     assert {name: base[name] for name in base.keys() & stack.keys()} == {
         name: stack[name] for name in base.keys() & stack.keys()
     }
+
+
+# --- every Python install is hash-locked ----------------------------------------------------------
+
+
+def pip_install_problems(run: str, locks: set[str]) -> list[str]:
+    """Each `pip install` in this RUN that could install something not fixed by a hash lock.
+
+    Allowed: `--require-hashes --only-binary=:all: --no-deps -r <one of `locks`>` and nothing
+    else to install; or `--no-index --no-deps` (local wheels or the image's own package, no
+    index reached). `locks` are the file names of the image's declared locks.
+    """
+    problems = []
+    for command in _COMMAND_END.split(run):
+        words = [word.strip("\"'") for word in _TOKEN.findall(command)]
+        starts = [index for index in range(len(words) - 1) if words[index : index + 2] == ["pip", "install"]]
+        if not starts:
+            continue
+        arguments = words[starts[0] + 2 :]
+        if "--no-index" in arguments:
+            if "--no-deps" not in arguments:
+                problems.append("a --no-index install without --no-deps")
+            continue
+        missing = [
+            flag for flag in ("--require-hashes", "--only-binary=:all:", "--no-deps") if flag not in arguments
+        ]
+        if missing:
+            problems.append(f"pip install without {', '.join(missing)}")
+            continue
+        sources, names = [], iter(arguments)
+        for word in names:
+            if word in ("-r", "--requirement"):
+                sources.append(next(names, ""))
+            elif word in _VALUE_OPTIONS:
+                next(names, None)
+            elif not word.startswith("-"):
+                problems.append(f"{word} is installed outside the lock")
+        if not sources:
+            problems.append("pip install --require-hashes with no -r lock file")
+        for source in sources:
+            if Path(source).name not in locks:
+                problems.append(f"{source} is not a declared lock ({', '.join(sorted(locks)) or 'none'})")
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("run", "expected"),
+    [
+        ("pip install --require-hashes --only-binary=:all: --no-deps -r /tmp/r.lock && pip check", []),
+        ("pip install --no-index --no-deps --find-links /w 'torch==2.6.0'", []),
+        ("PYTHONPATH=/b python3 -m pip install --no-index --no-deps --no-build-isolation /tmp/pkg", []),
+        (
+            "pip install -r /tmp/r.lock",
+            ["pip install without --require-hashes, --only-binary=:all:, --no-deps"],
+        ),
+        (
+            "pip install --require-hashes --only-binary=:all: --no-deps -r /tmp/other.lock",
+            ["/tmp/other.lock is not a declared lock (r.lock)"],
+        ),
+        (
+            "pip install --require-hashes --only-binary=:all: --no-deps -r /tmp/r.lock 'x==1'",
+            ["x==1 is installed outside the lock"],
+        ),
+        ("pip install --no-index /tmp/pkg", ["a --no-index install without --no-deps"]),
+        (
+            "pip install 'numpy==2.2.5'",
+            ["pip install without --require-hashes, --only-binary=:all:, --no-deps"],
+        ),
+        ("pip check", []),
+    ],
+)
+def test_pip_install_scanner(run: str, expected: list[str]) -> None:
+    assert pip_install_problems(run, {"r.lock"}) == expected
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=ids(FOLDERS))
+def test_every_python_install_uses_a_hash_locked_file(folder: Path) -> None:
+    spec = load_image(folder, ROOT)
+    locks = {lock.lock.name for lock in spec.python_locks}
+    text = spec.dockerfile.read_text(encoding="utf-8")
+    runs = [item for item in dockerfile.parse_instructions(text) if item.keyword == "RUN"]
+    for instruction in runs:
+        assert pip_install_problems(instruction.arguments, locks) == [], (
+            f"{spec.dockerfile}:{instruction.line}"
+        )
+    installed = " ".join(instruction.arguments for instruction in runs)
+    copied = [source for _, sources in dockerfile.copy_sources(text) for source in sources]
+    for lock in spec.python_locks:  # every declared lock is copied in and installed
+        assert lock.lock.name in copied, f"{spec.dockerfile}: never copies {lock.lock.name}"
+        assert f"/{lock.lock.name}" in installed, f"{spec.dockerfile}: never installs {lock.lock.name}"
+
+
+def test_every_image_that_runs_pip_declares_a_lock() -> None:
+    for folder in FOLDERS:
+        spec = load_image(folder, ROOT)
+        if "pip install" in spec.dockerfile.read_text(encoding="utf-8"):
+            assert spec.python_locks, f"{folder.name} installs Python packages but declares no python_locks"
+
+
+def test_the_python_locks_are_current() -> None:
+    """Offline: each lock against its top-level file and the other inputs it records."""
+    from imagecascade.core.declaration import load_images
+    from imagecascade.pins.pylock import check_locks
+
+    assert check_locks(load_images(load_settings(ROOT)), ROOT) == []
+
+
+def test_the_wheels_the_runtime_installs_are_the_ones_compiled() -> None:
+    """One set of versions: the compile's build args, the runtime's provided metadata and pins,
+    and both images' smoke checks."""
+    wheels = load_image(IMAGES / "arr-pytorch-wheels", ROOT)
+    base = load_image(IMAGES / "arr-pytorch-base", ROOT)
+    compiled = {
+        "torch": wheels.build_args["PYTORCH_VERSION"],
+        "torchvision": wheels.build_args["TORCHVISION_VERSION"],
+        "torchaudio": wheels.build_args["TORCHAUDIO_VERSION"],
+    }
+    (lock,) = base.python_locks
+    assert {item.name: item.version for item in lock.provided} == compiled
+    assert base.inputs == {"WHEELS_IMAGE": "arr-pytorch-wheels"}
+    pinned = re.findall(
+        r'"(torch|torchvision|torchaudio)==([^"]+)"', base.dockerfile.read_text(encoding="utf-8")
+    )
+    assert dict(pinned) == compiled
+    assert dict(base.smoke.versions) == {name: f"=={version}" for name, version in compiled.items()}
+    files = {file.path for file in wheels.smoke.files if file.exists}
+    assert files == {
+        f"/wheels/{name}-{version}-cp310-cp310-linux_x86_64.whl" for name, version in compiled.items()
+    }
+    assert {lock.python for image in (wheels, base) for lock in image.python_locks} == {"3.10"}
+
+
+@pytest.mark.parametrize("name", ["arr-trainer", "arr-vertex-launcher"])
+def test_the_build_backend_lock_is_what_pyproject_asks_for(name: str) -> None:
+    requires = tomllib.loads((IMAGES / name / "pyproject.toml").read_text(encoding="utf-8"))["build-system"][
+        "requires"
+    ]
+    assert sorted(requires) == sorted(
+        line.split("#", 1)[0].strip()
+        for line in (IMAGES / name / "requirements-build.txt").read_text(encoding="utf-8").splitlines()
+        if line.split("#", 1)[0].strip()
+    )
 
 
 # --- hadolint -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from imagecascade.core import buildkit_syntax, dockerfile
 from imagecascade.core.build_options import CloudBuildOptions, parse_cloudbuild_options
 from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
 from imagecascade.core.secrets import check_id
+from imagecascade.core.python_locks import PythonLock, parse_python_locks
 from imagecascade.core.settings import Settings
 from imagecascade.errors import ConfigError
 
@@ -43,6 +44,7 @@ _KEYS = {
     "upstream_build_args",
     "required_build_args",
     "inputs",
+    "python_locks",
     "smoke",
     "cloudbuild",
     "secrets",
@@ -78,6 +80,7 @@ class ImageSpec:
     # Build arg name -> another image of this repository. The arg receives that image's exact
     # hash reference, and its freshness hash goes into this image's hash like the parent's.
     inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    python_locks: tuple[PythonLock, ...] = ()  # `nox -s lock` resolves these; never hashed as such
     smoke: SmokeChecks = dataclasses.field(default_factory=SmokeChecks)
     cloudbuild: CloudBuildOptions = dataclasses.field(default_factory=CloudBuildOptions)
 
@@ -268,6 +271,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         secrets=secrets,
         required_secrets=required_secrets,
         inputs=inputs,
+        python_locks=parse_python_locks(data.get("python_locks", []), folder, f"{declaration}: python_locks"),
         smoke=parse_smoke_checks(data.get("smoke", {}), f"{declaration}: [smoke]"),
         cloudbuild=parse_cloudbuild_options(data.get("cloudbuild", {}), f"{declaration}: [cloudbuild]"),
     )

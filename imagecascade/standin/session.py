@@ -55,6 +55,7 @@ MMDEBSTRAP = (
     "- {name}"
 )
 PARENT_LINE = 'parent = "arr-pytorch-base"'
+PARENT_LOCK = "requirements.lock"
 PYTHON_NOTE = (
     "Python: the stand-in runs Debian 12's Python 3.11, the production images Python 3.10 "
     "(Ubuntu 22.04). The Dockerfiles are built unchanged; pip resolves arr-ml-stack's pins for "
@@ -132,6 +133,9 @@ def prepare_repository(root: Path, work: Path) -> Path:
     shutil.rmtree(repo, ignore_errors=True)
     (repo / "images").mkdir(parents=True)
     shutil.copytree(root / "standin" / STANDIN, repo / "images" / STANDIN)
+    # arr-ml-stack's lock leaves out what its parent installs: the stand-in installs the same
+    # hash-locked run-time packages as arr-pytorch-base before torch (its lock, copied in).
+    shutil.copyfile(root / "images" / "arr-pytorch-base" / PARENT_LOCK, repo / "images" / STANDIN / PARENT_LOCK)
     for name in CHILDREN:
         shutil.copytree(
             root / "images" / name,
