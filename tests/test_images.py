@@ -246,14 +246,13 @@ def test_pip_install_scanner(run: str, expected: list[str]) -> None:
 def test_every_python_install_uses_a_hash_locked_file(folder: Path) -> None:
     spec = load_image(folder, ROOT)
     locks = {lock.lock.name for lock in spec.python_locks}
-    text = spec.dockerfile.read_text(encoding="utf-8")
-    runs = [item for item in dockerfile.parse_instructions(text) if item.keyword == "RUN"]
+    parsed = dockerfile.read_dockerfile(spec.dockerfile)
+    runs = [item for item in parsed.instructions if item.keyword == "RUN"]
     for instruction in runs:
-        assert pip_install_problems(instruction.arguments, locks) == [], (
-            f"{spec.dockerfile}:{instruction.line}"
-        )
-    installed = " ".join(instruction.arguments for instruction in runs)
-    copied = [source for _, sources in dockerfile.copy_sources(text) for source in sources]
+        problems = pip_install_problems(" ".join(instruction.arguments), locks)
+        assert problems == [], f"{spec.dockerfile}:{instruction.line}"
+    installed = " ".join(" ".join(instruction.arguments) for instruction in runs)
+    copied = [source for _, sources in dockerfile.copy_sources(parsed) for source in sources]
     for lock in spec.python_locks:  # every declared lock is copied in and installed
         assert lock.lock.name in copied, f"{spec.dockerfile}: never copies {lock.lock.name}"
         assert f"/{lock.lock.name}" in installed, f"{spec.dockerfile}: never installs {lock.lock.name}"
