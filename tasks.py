@@ -488,30 +488,37 @@ def _image_tasks() -> list[Task[Any]]:
     return found
 
 
-@task(help={"check": "only report moved upstream tags; exit 1 when any moved"})
-@_pipe_safe
+@task(help={"check": "only report unpinned or moved bases and unpinned or changed artifacts; exit 1 if any"})
 def upstream(c: Context, check: bool = False) -> None:
-    """Repin each external base in image.toml to the digest its tag has now."""
-    from imagecascade.core.declaration import load_images
+    """Pin each external base to its tag's digest now, and each downloaded artifact to its SHA-256."""
     from imagecascade.engines.registry import RegistryClient
-    from imagecascade.pins.upstream import rewrite_pin, upstream_pins
+    from imagecascade.pins.upstream import repin
 
     settings = _settings()
     try:
-        pins = upstream_pins(load_images(settings), RegistryClient())
-        moved = [pin for pin in pins if pin.moved]
-        for pin in moved:
-            print(pin.describe())
-            if not check:
-                rewrite_pin(pin.declaration, pin.current, pin.latest, pin.key)
+        report = repin(settings, RegistryClient(), check=check)
     except CascadeError as error:
         raise _fail(error) from error
-    if not moved:
-        print(f"{len(pins)} external reference{'s' if len(pins) != 1 else ''}: all pins current")
+    for pin in report.changed:
+        print(pin.describe())
+    total = len(report.pins)
+    if not report.changed:
+        print(f"{total} pin{'s' if total != 1 else ''} (external references and artifacts): all current")
         return
     if check:
-        raise Exit(f"{len(moved)} upstream tag(s) moved; run `invoke upstream` to repin", code=1)
-    print(f"repinned {len(moved)}; the lock is now stale: run `invoke hashes --write`, then `invoke cascade`")
+        raise Exit(f"not current: {report.counts()}; run `invoke upstream` to pin them", code=1)
+    print(f"pinned: {report.counts()}")
+    lock = settings.lock_path.name
+    if report.lock_written:
+        print(f"{lock}: these entries changed:")
+    else:
+        print(f"{lock} was stale before and is left as it is; the new pins change these entries:")
+    for line in report.lock_lines:
+        print(f"  {line}")
+    if not report.lock_written:
+        print("run `invoke hashes --write`, then `invoke cascade`")
+    else:
+        print("run `invoke cascade` to build them")
 
 
 def _names_an_image(argv: list[str], task_name: str, value_flags: tuple[str, ...]) -> bool:

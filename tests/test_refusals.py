@@ -155,7 +155,9 @@ def test_plan_marks_images_that_cannot_build(tmp_path: Path) -> None:
 def test_this_repositorys_launcher_cannot_build_until_its_checksum_is_recorded() -> None:
     plan = compute_plan(load_settings(REPOSITORY), use_cache=False)
     launcher = plan.get("arr-vertex-launcher")
-    assert [refusal.reason for refusal in launcher.cannot_build] == ["build arg GCLOUD_SHA256 is empty"]
+    assert [refusal.reason for refusal in launcher.cannot_build] == [
+        "unpinned artifact gcloud-cli (build arg GCLOUD_SHA256 is empty)"
+    ]
     assert [image.name for image in plan.images if image.cannot_build] == ["arr-vertex-launcher"]
 
 

@@ -39,6 +39,11 @@ def test_moved_and_unpinned_bases_are_reported(tmp_path: Path) -> None:
     assert pins["pinned"].moved and pins["pinned"].latest == f"127.0.0.1:5000/base:1@{NEW}"
     assert pins["unpinned"].moved and "unpinned →" in pins["unpinned"].describe()
     assert not pins["current"].moved
+    assert {name: pin.state for name, pin in pins.items()} == {
+        "pinned": "moved",
+        "unpinned": "unpinned",
+        "current": "current",
+    }
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imagecascade.core import buildkit_syntax, dockerfile
+from imagecascade.core.artifacts import Artifact, parse_artifacts
 from imagecascade.core.build_options import CloudBuildOptions, parse_cloudbuild_options
 from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
 from imagecascade.core.secrets import check_id
@@ -44,6 +45,7 @@ _KEYS = {
     "upstream_build_args",
     "required_build_args",
     "inputs",
+    "artifacts",
     "python_locks",
     "smoke",
     "cloudbuild",
@@ -80,6 +82,7 @@ class ImageSpec:
     # Build arg name -> another image of this repository. The arg receives that image's exact
     # hash reference, and its freshness hash goes into this image's hash like the parent's.
     inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    artifacts: tuple[Artifact, ...] = ()  # downloads checked against a SHA-256 build arg
     python_locks: tuple[PythonLock, ...] = ()  # `nox -s lock` resolves these; never hashed as such
     smoke: SmokeChecks = dataclasses.field(default_factory=SmokeChecks)
     cloudbuild: CloudBuildOptions = dataclasses.field(default_factory=CloudBuildOptions)
@@ -92,6 +95,11 @@ class ImageSpec:
     def dependencies(self) -> tuple[str, ...]:
         """The images of this repository this one is built from: the parent, then each input."""
         return ((self.parent,) if self.parent is not None else ()) + tuple(self.inputs.values())
+
+    @property
+    def unpinned_artifacts(self) -> list[Artifact]:
+        """The artifacts whose SHA-256 build arg is still empty."""
+        return [artifact for artifact in self.artifacts if not artifact.sha256(self.build_args)]
 
     @property
     def base_is_pinned(self) -> bool:
@@ -271,6 +279,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
         secrets=secrets,
         required_secrets=required_secrets,
         inputs=inputs,
+        artifacts=parse_artifacts(data.get("artifacts", []), build_args, f"{declaration}: artifacts"),
         python_locks=parse_python_locks(data.get("python_locks", []), folder, f"{declaration}: python_locks"),
         smoke=parse_smoke_checks(data.get("smoke", {}), f"{declaration}: [smoke]"),
         cloudbuild=parse_cloudbuild_options(data.get("cloudbuild", {}), f"{declaration}: [cloudbuild]"),

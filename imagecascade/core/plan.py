@@ -165,6 +165,15 @@ def plan_document(
             },
             "base_pinned": image.spec.base_is_pinned if image.spec.base else None,
             "unpinned": image.spec.unpinned,
+            "artifacts": [
+                {
+                    "name": artifact.name,
+                    "url": artifact.render(image.spec.build_args),
+                    "sha256_build_arg": artifact.sha256_build_arg,
+                    "sha256": artifact.sha256(image.spec.build_args) or None,
+                }
+                for artifact in image.spec.artifacts
+            ],
             "hash": image.hash,
             "tag": image.tag,
             "reference": image_reference(image.name, image.tag, plan.settings.registry),

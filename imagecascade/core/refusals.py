@@ -2,9 +2,10 @@
 
 A refusal is a reason plus the fix. `invoke plan` shows them as `cannot build: <reason>`; the
 cascade builds everything else, reports each refused image with its fix and blocks its
-descendants. Refusals come from the declaration (`declaration_refusals`: a required build arg that
-is empty) and may be added by whoever knows more at run time (`Plan.with_refusals`: a backend that
-lacks a setting the image needs, a secret that is not provided). Each reason is one line, free of
+descendants. Refusals come from the declaration (`declaration_refusals`: an artifact without its
+SHA-256, a required build arg that is empty) and may be added by whoever knows more at run time
+(`Plan.with_refusals`: a backend that lacks a setting the image needs, a secret that is not
+provided). Each reason is one line, free of
 secret values.
 """
 
@@ -30,11 +31,23 @@ class Refusal:
 
 
 def declaration_refusals(spec: ImageSpec, root: Path) -> tuple[Refusal, ...]:
-    """The refusals that follow from `spec` alone: each required build arg that is absent or blank."""
+    """The refusals that follow from `spec` alone: each unpinned artifact (its SHA-256 build arg is
+    empty), then each other required build arg that is absent or blank."""
     declaration = _shown(spec.declaration_path, root)
     refusals = []
+    for artifact in spec.unpinned_artifacts:
+        refusals.append(
+            Refusal(
+                f"unpinned artifact {artifact.name} (build arg {artifact.sha256_build_arg} is empty)",
+                f"run `invoke upstream` where {artifact.render(spec.build_args)} can be downloaded; "
+                f"it records the SHA-256 in {declaration}",
+            )
+        )
+    covered = {artifact.sha256_build_arg for artifact in spec.artifacts}
     for key in spec.required_build_args:
         value = spec.build_args.get(key)
+        if key in covered:
+            continue
         if value is None:
             state = "is not set"
         elif not value.strip():

@@ -46,6 +46,9 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]], backend:
         spec = image.spec
         unpinned = f" [yellow](unpinned: {', '.join(spec.unpinned)})[/]" if spec.unpinned else ""
         inputs = "".join(f"\n⇠ {arg}={name}" for arg, name in spec.inputs.items())
+        unpinned += "".join(
+            f" [yellow](unpinned artifact {item.name})[/]" for item in spec.unpinned_artifacts
+        )
         origin = f"{spec.parent or spec.base}{unpinned}{inputs}"
         lock = "[green]current[/]" if image.locked else "[red]stale[/]"
         state, detail = build_states.get(image.name, ("unknown", "not looked up"))
