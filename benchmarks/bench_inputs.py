@@ -34,14 +34,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from bench_cascade import BASE_IMAGE, MMDEBSTRAP  # the same offline base image
+
 ROOT = Path(__file__).resolve().parent.parent
-BASE_IMAGE = "imagecascade-test/base:bookworm"
-MMDEBSTRAP = (
-    "set -o pipefail; mmdebstrap --quiet --variant=extract --include=python3,busybox-static "
-    "--extract-hook='chroot \"$1\" /bin/busybox --install -s' bookworm - "
-    "| docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "
-    + BASE_IMAGE
-)
 COMPILE_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE} AS compile

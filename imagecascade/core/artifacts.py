@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from imagecascade.core.tables import array_of_tables
 from imagecascade.errors import ConfigError
 
 _KEYS = ("name", "url", "sha256_build_arg")
@@ -51,14 +52,8 @@ def parse_artifacts(raw: Any, build_args: Mapping[str, str], where: str) -> tupl
     Each URL variable must be a build arg (not the checksum itself); the checksum's build arg
     must be declared in `[build_args]`, empty or 64 lower-case hex digits.
     """
-    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-        raise ConfigError(f"{where} must be an array of tables ([[artifacts]])")
     found: list[Artifact] = []
-    for index, item in enumerate(raw):
-        at = f"{where}[{index}]"
-        unknown = sorted(set(item) - set(_KEYS))
-        if unknown:
-            raise ConfigError(f"{at}: unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
+    for at, item in array_of_tables(raw, _KEYS, where, "artifacts"):
         values = {}
         for key in _KEYS:
             value = item.get(key)

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from imagecascade.core.tables import array_of_tables
 from imagecascade.errors import ConfigError
 
 _KEYS = ("requirements", "lock", "python", "platform", "isolated", "provided")
@@ -98,14 +99,8 @@ def parse_python_locks(raw: Any, folder: Path, where: str) -> tuple[PythonLock, 
     The requirements file must exist; the lock may not yet (`nox -s lock` writes it). Both stay
     inside the image folder, and no two entries write the same lock.
     """
-    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-        raise ConfigError(f"{where} must be an array of tables ([[python_locks]])")
     locks: list[PythonLock] = []
-    for index, item in enumerate(raw):
-        at = f"{where}[{index}]"
-        unknown = sorted(set(item) - set(_KEYS))
-        if unknown:
-            raise ConfigError(f"{at}: unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
+    for at, item in array_of_tables(raw, _KEYS, where, "python_locks"):
         paths = {}
         for key in ("requirements", "lock"):
             relative = _string(item, key, at)
