@@ -144,12 +144,15 @@ def local_images(namespace: str) -> dict[str, list[str]]:
 
 
 def parents() -> dict[str, str]:
-    """Image id -> parent image id ("" for none), for every image on the engine (`docker images -a`)."""
-    ids = sh("docker", "images", "--all", "--quiet", "--no-trunc").split()
-    if not ids:
-        return {}
-    listing = sh("docker", "image", "inspect", "--format", "{{.Id}} {{.Parent}}", *sorted(set(ids)))
-    return {line.split(" ")[0]: [*line.split(" "), ""][1] for line in listing.splitlines()}
+    """Image id -> parent image id ("" for none), for every image on the engine, in one listing
+    (`GET /images/json?all=1` carries each ParentId: nothing to inspect while others delete)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        return {item["Id"]: item.get("ParentId") or "" for item in client.api.images(all=True)}
+    finally:
+        client.close()
 
 
 def ours(namespace: str, remembered: set[str]) -> list[str]:
@@ -182,15 +185,17 @@ def fresh_engine(namespace: str, remembered: set[str]) -> set[str]:
     for references in local_images(namespace).values():
         subprocess.run(["docker", "rmi", *references], capture_output=True)
     for image_id in removing:  # children first
-        tags = (
-            sh("docker", "image", "inspect", "--format", "{{json .RepoTags}}", image_id)
-            if subprocess.run(["docker", "image", "inspect", image_id], capture_output=True).returncode == 0
-            else "[]"
+        inspected = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{json .RepoTags}}", image_id],
+            capture_output=True,
+            text=True,
         )
-        if any(not tag.startswith(namespace + "/") for tag in json.loads(tags)):
+        tags = json.loads(inspected.stdout) if inspected.returncode == 0 else []
+        if any(not tag.startswith(namespace + "/") for tag in tags or []):
             continue  # tagged outside this benchmark: never ours to remove
         subprocess.run(["docker", "rmi", image_id], capture_output=True)
-    left = [image_id for image_id in removing if image_id in parents()]
+    remaining = parents()
+    left = [image_id for image_id in removing if image_id in remaining]
     if left or local_images(namespace):
         raise SystemExit(f"could not remove every image of this benchmark: {left or local_images(namespace)}")
     return remembered | set(removing)
