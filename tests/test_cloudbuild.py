@@ -433,12 +433,12 @@ def test_inputs_become_substitutions_like_the_base_image(repo: Path, environ: di
     (repo / "cloudbuild" / "runtime.yaml").write_text(config_text("runtime", ["COMPILED"], labels))
     compiled = f"{REGISTRY}/app:{plan.get('app').tag}"
 
-    build, _ = backend(repo, environ).submission(request)
+    substitutions = backend(repo, environ).submission(request).body["substitutions"]
 
-    assert build.substitutions["_COMPILED"] == compiled
-    assert build.substitutions["_BASE_IMAGE"] == BASE
+    assert substitutions["_COMPILED"] == compiled
+    assert substitutions["_BASE_IMAGE"] == BASE
     config = cloudbuild_config.load_config(repo / "cloudbuild" / "runtime.yaml")
-    resolved = cloudbuild_config.apply_substitutions(config, dict(build.substitutions))
+    resolved = cloudbuild_config.apply_substitutions(config, substitutions)
     assert f"--build-arg=COMPILED={compiled}" in resolved["steps"][0]["args"]
     # A config that forgets the input is refused before anything is sent, as Cloud Build would.
     (repo / "cloudbuild" / "runtime.yaml").write_text(config_text("runtime", [], labels))
