@@ -66,7 +66,6 @@ def smoke(session: nox.Session) -> None:
 
 
 @nox.session
-<<<<<<< HEAD
 def standin(session: nox.Session) -> None:
     """On demand, not CI: arr-ml-stack and arr-trainer built on a stand-in torch parent, smoke-checked."""
     session.install(".[tasks]")
@@ -74,15 +73,8 @@ def standin(session: nox.Session) -> None:
 
 
 @nox.session
-def resolve(session: nox.Session) -> None:
-    """Ask pip (dry run, no install) if arr-ml-stack's requirements resolve with torch==2.6.0 on py3.10."""
-    session.install(".")
-    # A machine-wide pip constraint file (PIP_CONSTRAINT or pip.conf) must not change the answer.
-    session.run("python", "-m", "imagecascade.pins.resolve", *session.posargs, env={"PIP_CONSTRAINT": ""})
-=======
 def lock(session: nox.Session) -> None:
     """Resolve the images' stale Python locks with uv: `-- [--check] [--upgrade] [IMAGE ...]`."""
     session.install(".[lock]")
     # uv reads no pip configuration: a private index is UV_DEFAULT_INDEX (or UV_INDEX_URL).
     run_keeping_exit_code(session, "python", "-m", "imagecascade.pins.pylock", *session.posargs)
->>>>>>> 0f83a27 (Split arr-pytorch-base into arr-pytorch-wheels and arr-pytorch-base; hash-lock every Python install)

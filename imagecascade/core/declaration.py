@@ -13,8 +13,8 @@ from imagecascade.core import buildkit_syntax, dockerfile
 from imagecascade.core.artifacts import Artifact, parse_artifacts
 from imagecascade.core.build_options import CloudBuildOptions, parse_cloudbuild_options
 from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
-from imagecascade.core.secrets import check_id
 from imagecascade.core.python_locks import PythonLock, parse_python_locks
+from imagecascade.core.secrets import check_id
 from imagecascade.core.settings import Settings
 from imagecascade.errors import ConfigError
 

@@ -135,7 +135,8 @@ def prepare_repository(root: Path, work: Path) -> Path:
     shutil.copytree(root / "standin" / STANDIN, repo / "images" / STANDIN)
     # arr-ml-stack's lock leaves out what its parent installs: the stand-in installs the same
     # hash-locked run-time packages as arr-pytorch-base before torch (its lock, copied in).
-    shutil.copyfile(root / "images" / "arr-pytorch-base" / PARENT_LOCK, repo / "images" / STANDIN / PARENT_LOCK)
+    lock = root / "images" / "arr-pytorch-base" / PARENT_LOCK
+    shutil.copyfile(lock, repo / "images" / STANDIN / PARENT_LOCK)
     for name in CHILDREN:
         shutil.copytree(
             root / "images" / name,
