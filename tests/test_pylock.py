@@ -288,3 +288,14 @@ def test_bad_python_locks_are_one_line_exit_2(
     assert len(lines) == 1 and "images/img/image.toml: python_locks" in lines[0] and problem in lines[0], (
         lines
     )
+
+
+def test_the_stand_in_installs_the_same_locked_packages_arr_ml_stacks_lock_leaves_out(tmp_path: Path) -> None:
+    """`nox -s standin` gives arr-ml-stack a parent holding arr-pytorch-base's locked packages."""
+    from imagecascade.standin.session import STANDIN, prepare_repository
+
+    root = Path(__file__).resolve().parents[1]
+    repo = prepare_repository(root, tmp_path)
+    copied = repo / "images" / STANDIN / "requirements.lock"
+    assert copied.read_bytes() == (root / "images/arr-pytorch-base/requirements.lock").read_bytes()
+    assert "requirements.lock" in (repo / "images" / STANDIN / "Dockerfile").read_text()
