@@ -92,7 +92,10 @@ def plan(
     project: str | None = None,
     builder: str | None = None,
 ) -> None:
-    """Show every image's hash, lock state, build state, where it would be built and why it is stale."""
+    """Show every image's hash, lock state, build state, where it would be built and why it is stale.
+
+    Exits 3 when a build state is unknown (the engine or registry could not answer), unless --offline.
+    """
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.plan import compute_plan, plan_document
     from imagecascade.core.secrets import load_local_secrets
@@ -105,7 +108,7 @@ def plan(
         settings = _settings(registry=registry, builder=builder, cloudbuild_project=project)
         settings = settings.with_overrides(secrets=load_local_secrets(settings.root))
         current = _placed(compute_plan(settings), backend)
-        warnings = check_before_build(current)
+        warnings = [*current.warnings, *check_before_build(current)]
         current = _plan_refusals(current, backend, settings)
     except CascadeError as error:
         raise _fail(error) from error
@@ -115,20 +118,25 @@ def plan(
     if offline:
         states = BuildStates({image.name: ("unknown", "--offline") for image in current.images})
     else:
-        states = look_up_build_states(current, lambda: open_store(current.settings.registry))
+        try:
+            states = look_up_build_states(current, lambda: open_store(current.settings.registry))
+        except CascadeError as error:  # e.g. an unreadable docker config.json: bad input, exit 2
+            raise _fail(error) from error
     if json_:
         document = plan_document(current, states.states, backend)
         document["build_state_error"] = states.problem
         print(json.dumps(document, indent=2))
-        return
-    from imagecascade.rendering.terminal import console, plan_table
+    else:
+        from imagecascade.rendering.terminal import console, plan_table
 
-    out = console()
-    out.print(plan_table(current, states.states, backend))
-    if states.problem:
-        out.print(f"build state unknown: {states.problem}", markup=False, soft_wrap=True)
-    for name in current.removed:
-        out.print(f"[red]{name}[/]: recorded in the lock file but images/{name} is gone")
+        out = console()
+        out.print(plan_table(current, states.states, backend))
+        for name in current.removed:
+            out.print(f"[red]{name}[/]: recorded in the lock file but images/{name} is gone")
+    if states.problem:  # said once, however many images it hides; scripts see exit 3
+        unknown = [name for name, (state, _) in states.states.items() if state == "unknown"]
+        message = f"error: build state unknown for {', '.join(unknown)}: {states.problem}"
+        raise Exit(message, code=BackendError.exit_code)
 
 
 @task(help={"format": "tree (default), mermaid or dot"})
@@ -144,6 +152,7 @@ def graph(c: Context, format: str = "tree") -> None:
         current = compute_plan(_settings())
     except CascadeError as error:
         raise _fail(error) from error
+    _warn(list(current.warnings))
     labels = {image.name: image.tag for image in current.images}
     stale = [image.name for image in current.images if not image.locked]
     print(render(current.specs, labels, stale, format))  # type: ignore[arg-type]
@@ -160,7 +169,9 @@ def _placed(current: Any, backend: str) -> Any:
     return current.with_refusals(placement_refusals(current, backend))
 
 
-def _backend(name: str, settings: Settings, current: Any, cloud: dict[str, Any] | None = None) -> Any:
+def _backend(
+    name: str, settings: Settings, current: Any, cloud: dict[str, Any] | None = None, credentials: Any = None
+) -> Any:
     """The backend of the run; with `local`, images that require Cloud Build are sent there."""
     if name not in BACKENDS:
         raise Exit(
@@ -181,7 +192,7 @@ def _backend(name: str, settings: Settings, current: Any, cloud: dict[str, Any] 
         return cloudbuild()
     from imagecascade.engines.buildkit import choose_local_builder
 
-    local = choose_local_builder(settings)
+    local = choose_local_builder(settings, credentials=credentials)
     if not any(image.spec.cloudbuild.required for image in current.images):
         return local
     from imagecascade.cloud.placement import PlacedBackend
@@ -189,15 +200,15 @@ def _backend(name: str, settings: Settings, current: Any, cloud: dict[str, Any] 
     return PlacedBackend(settings, local, cloudbuild)
 
 
-def _store(backend: str, settings: Settings) -> Any:
-    """Where "already built" is decided: Cloud Build asks the registry with an ADC token."""
+def _store(backend: str, settings: Settings, credentials: Any) -> Any:
+    """Where "already built" is decided; both backends ask the registry with the same credentials."""
     if backend == "cloudbuild":
         from imagecascade.cloud.registry_store import cloudbuild_store
 
         return cloudbuild_store(settings)
     from imagecascade.engines.store import open_store
 
-    return open_store(settings.registry)
+    return open_store(settings.registry, credentials)
 
 
 def _run_cascade(
@@ -216,7 +227,9 @@ def _run_cascade(
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.cascade import run_cascade, selection
     from imagecascade.core.plan import compute_plan
+    from imagecascade.core.run_lock import exclusive_cascade
     from imagecascade.core.secrets import load_local_secrets, parse_secret_flags
+    from imagecascade.engines.credentials import CredentialResolver
     from imagecascade.rendering.terminal import (
         CascadeReporter,
         console,
@@ -235,27 +248,36 @@ def _run_cascade(
             sources = {**load_local_secrets(settings.root), **parse_secret_flags(secret or [], Path.cwd())}
             settings = settings.with_overrides(secrets=sources)
             current = _placed(compute_plan(settings), backend)
-            _warn(check_before_build(current, selection(current, options)))
+            _warn([*current.warnings, *check_before_build(current, selection(current, options))])
             _check_secret_ids(current, sources)
-            chosen = _backend(backend, settings, current, cloud)
+            credentials = CredentialResolver()
+            chosen = _backend(backend, settings, current, cloud, credentials)
             if getattr(chosen, "description", ""):
                 print(f"builder: {chosen.description}", flush=True)
             current = _with_refusals(current, chosen, settings)
-            store = _store(backend, settings)
+            store = _store(backend, settings, credentials)
             if options.dry_run:
                 result = run_cascade(current, store, chosen, options)
             else:
                 names = [image.name for image in current.images]
-                with CascadeReporter(out, names, live=not plain_output(out.is_terminal)) as reporter:
+
+                def waiting(message: str) -> None:
+                    print(f"waiting: {message}", file=sys.stderr, flush=True)
+
+                # Decided and built under the lock: a second run sees what the first one pushed.
+                with (
+                    exclusive_cascade(settings.cache_dir, waiting),
+                    CascadeReporter(out, names, live=not plain_output(out.is_terminal)) as reporter,
+                ):
                     result = run_cascade(current, store, chosen, options, on_event=reporter)
     except KeyboardInterrupt as interrupt:
-        raise Exit(
-            f"interrupted by {interrupt_name(interrupt)}: running builds were stopped, unfinished images "
-            "left untagged",
-            code=INTERRUPTED,
-        ) from None
+        # The scheduler absorbs interrupts once builds run: this one came before any build started.
+        message = f"interrupted by {interrupt_name(interrupt)}: nothing was built"
+        raise Exit(message, code=INTERRUPTED) from None
     except CascadeError as error:
         raise _fail(error) from error
+    except OSError as error:  # the lock file under .cache/ cannot be created
+        raise Exit(f"error: {error}", code=2) from error
     if options.dry_run:
         out.print(dry_run_table(result, _why(current, store, result)))
         for line in refusal_fixes(result):

@@ -117,9 +117,12 @@ def free_port() -> int:
 
 
 class RegistryServer:
-    """A `docker-registry serve` on a free loopback port with storage in a temp folder."""
+    """A `docker-registry serve` on a free loopback port with storage in a temp folder.
 
-    def __init__(self, folder: Path) -> None:
+    `auth` is the registry's `auth:` section as YAML flow text (htpasswd or token), if any.
+    """
+
+    def __init__(self, folder: Path, auth: str = "") -> None:
         self.folder = folder
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -129,7 +132,7 @@ class RegistryServer:
             "version: 0.1\n"
             "log: {level: error, accesslog: {disabled: true}}\n"
             f"storage:\n  filesystem: {{rootdirectory: {folder / 'data'}}}\n  delete: {{enabled: true}}\n"
-            f"http: {{addr: {self.address}}}\n"
+            f"http: {{addr: {self.address}}}\n" + (f"auth: {auth}\n" if auth else "")
         )
         self.config = config
 
@@ -146,6 +149,10 @@ class RegistryServer:
             try:
                 with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1):
                     return
+            except urllib.error.HTTPError as error:
+                if error.code == 401:  # up, and asking for credentials
+                    return
+                time.sleep(0.05)
             except (urllib.error.URLError, OSError):
                 if self._process.poll() is not None:
                     break

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 DIGEST = "sha256:" + "ab" * 32
 TOKEN = "secret-token"
+# What a registry puts on every answer; a 404 counts as "not there" only with it (or an error body).
+REGISTRY = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
 @dataclasses.dataclass
@@ -26,6 +28,7 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    body: bytes = b""
 
 
 Responder = Callable[[Seen], Answer]
@@ -49,7 +52,9 @@ class ScriptedServer:
                 pass
 
             def _answer(self) -> None:
-                seen = Seen(self.command, self.path, dict(self.headers.items()))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen = Seen(self.command, self.path, dict(self.headers.items()), body)
                 server.seen.append(seen)
                 answer = next_answer(seen)
                 if answer.reset:
@@ -66,6 +71,8 @@ class ScriptedServer:
 
             do_GET = _answer
             do_HEAD = _answer
+            do_POST = _answer
+            do_PUT = _answer
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self._httpd.server_address[1]}"
@@ -101,8 +108,8 @@ def token_registry(
 
         def gate(seen: Seen) -> Answer:
             if seen.headers.get("Authorization") == f"Bearer {TOKEN}":
-                return Answer(200, {"Docker-Content-Digest": DIGEST})
-            return Answer(401, {"WWW-Authenticate": challenge})
+                return Answer(200, {"Docker-Content-Digest": DIGEST, **REGISTRY})
+            return Answer(401, {"WWW-Authenticate": challenge, **REGISTRY})
 
         with ScriptedServer(respond=gate) as registry:
             yield registry, tokens

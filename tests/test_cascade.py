@@ -35,16 +35,27 @@ ALL = [
 class FakeStore:
     description = "fake store"
 
-    def __init__(self, present: Iterable[str] = (), error: str = "") -> None:
+    def __init__(
+        self, present: Iterable[str] = (), error: str = "", latest_elsewhere: Iterable[str] = ()
+    ) -> None:
         self.present = set(present)
         self.error = error
+        self.latest_elsewhere = set(latest_elsewhere)
         self.asked: list[str] = []
+        self.moved: list[tuple[str, str]] = []
 
     def has(self, name: str, tag: str) -> bool:
         self.asked.append(name)
         if self.error:
             raise BackendError(self.error)
         return name in self.present
+
+    def latest_is(self, name: str, tag: str) -> bool:
+        return name not in self.latest_elsewhere
+
+    def move_latest(self, name: str, tag: str) -> None:
+        self.moved.append((name, tag))
+        self.latest_elsewhere.discard(name)
 
 
 class FakeBackend:

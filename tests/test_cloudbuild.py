@@ -473,6 +473,7 @@ class _TokenRegistry(http.server.BaseHTTPRequestHandler):
             self.send_header("Docker-Content-Digest", "sha256:" + "1" * 64)
         else:
             self.send_response(404)
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")  # a registry's 404
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -510,6 +511,7 @@ def test_already_built_is_a_manifest_head_with_an_adc_token(repo: Path, tmp_path
 class _EmptyRegistry(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.send_response(404)
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")  # a registry's 404
         self.send_header("Content-Length", "0")
         self.end_headers()
 

@@ -58,13 +58,20 @@ def test_plan_json_lists_images_in_dependency_order(tmp_path: Path) -> None:
     assert {"name", "parent", "base", "hash", "tag", "locked", "lock_hash", "reasons"} <= set(by_name["a"])
 
 
-def test_plan_table_shows_unknown_build_state_with_the_reason(tmp_path: Path) -> None:
+def test_plan_with_an_unknown_build_state_exits_3_and_says_why_once(tmp_path: Path) -> None:
     root = write_cascade(tmp_path)
     # Nothing listens on port 9 of loopback: the registry cannot be reached.
     result = invoke(root, "plan", "--registry", "127.0.0.1:9/arr")
-    assert result.returncode == 0, result.stderr
-    assert "unknown" in result.stdout and "cannot reach" in result.stdout
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.count("unknown") == 6 and "cannot reach" not in result.stdout
     assert "unpinned" in result.stdout
+    assert result.stderr.count("cannot reach") == 1, result.stderr
+    assert result.stderr.startswith("error: build state unknown: registry 127.0.0.1:9: cannot reach it")
+    as_json = invoke(root, "plan", "--registry", "127.0.0.1:9/arr", "--json")
+    assert as_json.returncode == 3 and as_json.stderr.count("cannot reach") == 1
+    assert {item["build_state"] for item in json.loads(as_json.stdout)["images"]} == {"unknown"}
+    offline = invoke(root, "plan", "--registry", "127.0.0.1:9/arr", "--offline")
+    assert offline.returncode == 0 and offline.stderr == ""
 
 
 def test_graph_formats(tmp_path: Path) -> None:

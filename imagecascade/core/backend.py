@@ -101,3 +101,11 @@ class ImageStore(Protocol):
         """The freshness-hash label of the newest `name` image there ("" when it has none), None when
         there is no `name` image at all; raises BackendError when that cannot be known."""
         ...
+
+    def latest_is(self, name: str, tag: str) -> bool:
+        """True when `name:latest` is the image `name:tag` (which exists); BackendError when unknown."""
+        ...
+
+    def move_latest(self, name: str, tag: str) -> None:
+        """Point `name:latest` at the existing `name:tag`, without a build, pull or push of layers."""
+        ...

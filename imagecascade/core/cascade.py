@@ -58,6 +58,7 @@ class Decision:
     reference: str  # where the image lives: `<repo>:<hash tag>`
     base_reference: str  # what BASE_IMAGE will be
     fixes: tuple[str, ...] = ()  # refused: what makes it buildable
+    move_latest: bool = False  # present, but `:latest` points elsewhere or is missing
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,6 +72,7 @@ class ImageResult:
     log_tail: tuple[str, ...] = ()
     fixes: tuple[str, ...] = ()  # refused: what makes it buildable
     log_path: Path | None = None  # the complete build log, when a build was attempted
+    latest_moved: bool = False  # present, and `:latest` was moved back to it
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,8 +107,10 @@ class CascadeResult:
             return BackendError.exit_code, f"error: stopped: {self.backend_error}"
         if self.cancelled:
             by = f" by {self.interrupted_by}" if self.interrupted_by else ""
+            built, stopped = self.names("built"), self.names("cancelled")
+            done = f"built {', '.join(built)}" if built else "nothing was built"
             return INTERRUPTED, (
-                f"interrupted{by}: running builds were stopped and unfinished images left untagged; "
+                f"interrupted{by}: {done}; not finished: {', '.join(stopped) or 'none'} (see above); "
                 "rerun to build what is missing"
             )
         if self.ok:
@@ -186,6 +190,10 @@ def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decis
     forced = {name for name in names if options.force and (not options.only or name in options.only)}
     lookups = [name for name in names if name not in forced] + sorted(outside)
     present = _look_up(plan, store, lookups)
+    # A present image whose `:latest` is elsewhere (an earlier `:latest` push failed, or another
+    # tree built it last) gets `:latest` moved back: no rebuild.
+    keep = [name for name in names if name not in forced and present[name]]
+    latest = _latest_current(plan, store, keep)
     target = store.description
     decisions: list[Decision] = []
     building: set[str] = set()
@@ -237,21 +245,37 @@ def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decis
             building.add(name)
         elif action in ("refused", "blocked"):
             unbuildable.add(name)
+        move_latest = action == "present" and not latest.get(name, True)
+        if move_latest:
+            reason += "; :latest points elsewhere or is missing"
         decisions.append(
             Decision(
-                name=name, action=action, reason=reason, reference=reference, base_reference=base, fixes=fixes
+                name=name,
+                action=action,
+                reason=reason,
+                reference=reference,
+                base_reference=base,
+                fixes=fixes,
+                move_latest=move_latest,
             )
         )
     return decisions
 
 
 def _look_up(plan: Plan, store: ImageStore, names: Sequence[str]) -> dict[str, bool]:
+    return _ask_each(names, lambda name: store.has(name, plan.get(name).tag))
+
+
+def _latest_current(plan: Plan, store: ImageStore, names: Sequence[str]) -> dict[str, bool]:
+    return _ask_each(names, lambda name: store.latest_is(name, plan.get(name).tag))
+
+
+def _ask_each(names: Sequence[str], question: Callable[[str], bool]) -> dict[str, bool]:
     if not names:
         return {}
     workers = min(LOOKUP_THREADS, len(names))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup") as pool:
-        found = pool.map(lambda name: store.has(name, plan.get(name).tag), names)
-        return dict(zip(names, found, strict=True))
+        return dict(zip(names, pool.map(question, names), strict=True))
 
 
 def read_provenance(root: Path) -> Provenance:
@@ -359,10 +383,9 @@ def run_cascade(
             + (f" ({len(blocked) - 1} more like this)" if len(blocked) > 1 else "")
         )
     for decision in decisions:
-        message = (
-            "would build: " if options.dry_run and decision.action == "build" else ""
-        ) + decision.reason
-        emit(BuildEvent(image=decision.name, kind="state", message=message))
+        would = "would build: " if decision.action == "build" else "would move :latest: "
+        message = would if options.dry_run and (decision.action == "build" or decision.move_latest) else ""
+        emit(BuildEvent(image=decision.name, kind="state", message=message + decision.reason))
     if options.dry_run:
         return CascadeResult(
             target=store.description,
@@ -378,7 +401,7 @@ def run_cascade(
             ),
         )
     scheduler = _Scheduler(plan, backend, decisions, options.jobs, emit, cancelled or threading.Event())
-    return scheduler.run(store.description)
+    return scheduler.run(store)
 
 
 _NOT_BUILT: frozenset[Outcome] = frozenset({"failed", "refused", "blocked", "cancelled"})
@@ -411,15 +434,12 @@ class _Scheduler:
         self.backend_error = ""
         self._provenance: Provenance | None = None
 
-    def run(self, target: str) -> CascadeResult:
+    def run(self, store: ImageStore) -> CascadeResult:
+        target = store.description
         pending = [name for name in self.order if self.decisions[name].action == "build"]
         for name in self.order:
             decision = self.decisions[name]
-            if decision.action == "present":
-                self.results[name] = ImageResult(
-                    name=name, outcome="present", reason=decision.reason, reference=decision.reference
-                )
-            elif decision.action in ("refused", "blocked"):
+            if decision.action in ("refused", "blocked"):
                 self.results[name] = ImageResult(
                     name=name,
                     outcome="refused" if decision.action == "refused" else "blocked",
@@ -430,6 +450,11 @@ class _Scheduler:
                 message = f"{decision.action}: {decision.reason}"
                 self.emit(BuildEvent(image=name, kind="finished", message=message))
         interrupted = ""
+        try:
+            self._keep_present(store)
+        except KeyboardInterrupt as interrupt:
+            interrupted = interrupt_name(interrupt)
+            self.cancelled.set()
         if pending:
             self._provenance = read_provenance(self.plan.settings.root)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="build")
@@ -455,11 +480,11 @@ class _Scheduler:
                 self.cancelled.set()
                 for name in pending:
                     self._finish_unstarted(name, "cancelled", "not started: interrupted")
-                # Running builds see `cancelled` and stop; wait for them so no tag lands afterwards.
-                while running:
-                    done, _ = concurrent.futures.wait(running, timeout=0.2)
-                    for future in done:
-                        self._collect(running.pop(future), future)
+                pending.clear()
+                # Running builds see `cancelled` and stop within seconds; wait for them so no tag
+                # lands afterwards and the summary says what was built. A second Ctrl-C cannot make
+                # the threads stop sooner, so it only keeps us waiting for them.
+                self._drain(running)
         finally:
             pool.shutdown(wait=True)
         results = tuple(self.results[name] for name in self.order if name in self.results)
@@ -470,6 +495,46 @@ class _Scheduler:
             backend_error=self.backend_error,
             interrupted_by=interrupted,
         )
+
+    def _keep_present(self, store: ImageStore) -> None:
+        """Record the present images; move `:latest` back to those whose `:latest` is elsewhere."""
+        present = [self.decisions[name] for name in self.order if self.decisions[name].action == "present"]
+        for decision in present:
+            self.results[decision.name] = ImageResult(
+                name=decision.name,
+                outcome="present",
+                reason=decision.reason.split(";")[0],
+                reference=decision.reference,
+            )
+        for decision in present:
+            if not decision.move_latest or self.cancelled.is_set():
+                continue
+            name, tag = decision.name, self.plan.get(decision.name).tag
+            try:
+                store.move_latest(name, tag)
+            except BackendError as error:
+                self.backend_error = self.backend_error or f"{name}: cannot move :latest: {error}"
+                self.cancelled.set()
+                self.results[name] = ImageResult(
+                    name=name, outcome="failed", reason=str(error), reference=decision.reference
+                )
+                self.emit(BuildEvent(image=name, kind="finished", message=f"failed: {error}"))
+                continue
+            kept = self.results[name]
+            self.results[name] = dataclasses.replace(
+                kept, reason=f"{kept.reason}; :latest moved here", latest_moved=True
+            )
+            self.emit(BuildEvent(image=name, kind="state", message=f"present; moved :latest to {tag}"))
+
+    def _drain(self, running: dict[concurrent.futures.Future[ImageResult], str]) -> None:
+        while running:
+            try:
+                done, _ = concurrent.futures.wait(running, timeout=0.2)
+                for future in done:
+                    self._collect(running[future], future)  # collected twice at worst, never lost
+                    del running[future]
+            except KeyboardInterrupt:
+                continue
 
     def _launch(
         self,
@@ -522,7 +587,7 @@ class _Scheduler:
             return ImageResult(
                 name=name,
                 outcome="cancelled" if stopped else "failed",
-                reason="stopped" if stopped else str(error),
+                reason=str(error),
                 reference=decision.reference,
                 duration=time.monotonic() - started,
                 log_tail=error.log_tail,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from imagecascade.core.lock import write_lock
-from imagecascade.core.plan import FIX_COMMAND, compute_plan, stale_lines
+from imagecascade.core.plan import FIX_COMMAND, Plan, compute_plan, stale_lines
 from imagecascade.core.settings import find_root, load_settings
 from imagecascade.errors import CascadeError
 
@@ -20,6 +20,7 @@ from imagecascade.errors import CascadeError
 def check_hashes(root: Path, out: TextIO, *, fix_hint: bool) -> int:
     """Print one line per stale image; 0 when the lock is current, 1 when not."""
     plan = compute_plan(load_settings(root))
+    show_warnings(plan)
     lines = stale_lines(plan)
     for line in lines:
         print(line, file=out)
@@ -29,13 +30,21 @@ def check_hashes(root: Path, out: TextIO, *, fix_hint: bool) -> int:
 
 
 def write_hashes(root: Path, out: TextIO) -> int:
-    plan = compute_plan(load_settings(root))
+    """Rewrite the lock file from the images; a broken lock file is replaced, not an error."""
+    plan = compute_plan(load_settings(root), ignore_broken_lock=True)
+    show_warnings(plan)
     changed = write_lock(plan.settings.lock_path, plan.lock_entries())
     for line in stale_lines(plan):
         print(line, file=out)
     state = "updated" if changed else "already current"
     print(f"{plan.settings.lock_path.name}: {state} ({len(plan.images)} images)", file=out)
     return 0
+
+
+def show_warnings(plan: Plan, err: TextIO | None = None) -> None:
+    """One line each on stderr: what the plan had to discard or repair."""
+    for line in plan.warnings:
+        print(f"warning: {line}", file=err or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,51 +71,103 @@ def entry_for(
     )
 
 
+FIX_HINT = "run `invoke hashes --write` to rewrite it from the images"
+_CONFLICT_MARKER = re.compile(r"^(<{7}|={7}|>{7})(\s|$)", re.MULTILINE)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FILE_KINDS = ("file ", "exec ", "link ")
+
+
 def read_lock(path: Path) -> dict[str, LockEntry]:
-    """The recorded entries; an absent lock file records nothing."""
+    """The recorded entries; an absent lock file records nothing.
+
+    Anything else that is not a lock file this version wrote (merge-conflict markers, invalid
+    JSON, a field of the wrong type) raises ConfigError: one line naming the file, the place and
+    the fix.
+    """
     if not path.exists():
         return {}
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from error
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); {FIX_HINT}") from error
     return parse_lock(text, str(path))
 
 
 def parse_lock(text: str, source: str) -> dict[str, LockEntry]:
-    """The entries of a lock file's text; ConfigError naming `source` when it is not one."""
+    """The entries of a lock file's text; ConfigError naming `source` (and the line) when it is not one."""
     path = source
+    conflict = _CONFLICT_MARKER.search(text)
+    if conflict:
+        line = text.count("\n", 0, conflict.start()) + 1
+        raise ConfigError(f"{path}:{line}: merge-conflict marker {conflict.group(1)[:1] * 7!r}; {FIX_HINT}")
     try:
         data = json.loads(text)
     except ValueError as error:
-        raise ConfigError(f"{path}: invalid JSON ({error}); run `invoke hashes --write`") from error
+        where = f":{error.lineno}" if isinstance(error, json.JSONDecodeError) else ""
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+        raise ConfigError(f"{path}{where}: invalid JSON ({reason}); {FIX_HINT}") from error
     if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
-        raise ConfigError(f"{path}: not a format-{LOCK_FORMAT} lock file; run `invoke hashes --write`")
+        raise ConfigError(f"{path}: not a format-{LOCK_FORMAT} lock file; {FIX_HINT}")
+    images = data.get("images")
+    if not isinstance(images, dict):
+        raise ConfigError(f"{path}: `images` must be an object; {FIX_HINT}")
     entries: dict[str, LockEntry] = {}
-    try:
-        for name, raw in data["images"].items():
-            entries[name] = LockEntry(
-                hash=raw["hash"],
-                hash_format=raw.get("hash_format", 0),
-                parent=raw["parent"],
-                parent_hash=raw["parent_hash"],
-                base=raw["base"],
-                platform=raw["platform"],
-                target=raw.get("target"),
-                build_args=raw["build_args"],
-                dockerfile=raw["dockerfile"],
-                files=raw["files"],
-                inputs=_read_inputs(raw.get("inputs", {})),
-            )
-    except (KeyError, TypeError, AttributeError) as error:
-        raise ConfigError(f"{path}: malformed entry ({error!r}); run `invoke hashes --write`") from error
+    for name, raw in images.items():
+        problem = _entry_problem(raw)
+        if problem:
+            raise ConfigError(f"{path}: images.{name}: {problem}; {FIX_HINT}")
+        entries[name] = LockEntry(
+            hash=raw["hash"],
+            hash_format=raw.get("hash_format", 0),
+            parent=raw["parent"],
+            parent_hash=raw["parent_hash"],
+            base=raw["base"],
+            platform=raw["platform"],
+            target=raw.get("target"),
+            build_args=raw["build_args"],
+            dockerfile=raw["dockerfile"],
+            files=raw["files"],
+            inputs={
+                arg: {"image": item["image"], "hash": item["hash"]}
+                for arg, item in raw.get("inputs", {}).items()
+            },
+        )
     return entries
 
 
-def _read_inputs(raw: Any) -> dict[str, dict[str, str]]:
+def _entry_problem(raw: Any) -> str | None:
+    """What is wrong with one recorded entry, or None."""
     if not isinstance(raw, dict):
-        raise TypeError("inputs must be an object")
-    return {str(arg): {"image": str(item["image"]), "hash": str(item["hash"])} for arg, item in raw.items()}
+        return "must be an object"
+    for key in ("hash", "parent", "parent_hash", "base", "platform", "build_args", "dockerfile", "files"):
+        if key not in raw:
+            return f"`{key}` is missing"
+    if not isinstance(raw["hash"], str) or not _HEX64.fullmatch(raw["hash"]):
+        return "`hash` must be 64 lower-case hex digits"
+    hash_format = raw.get("hash_format", 0)
+    if not isinstance(hash_format, int) or isinstance(hash_format, bool):
+        return "`hash_format` must be an integer"
+    for key in ("parent", "parent_hash", "base", "target"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            return f"`{key}` must be a string or null"
+    if not isinstance(raw["platform"], str) or not isinstance(raw["dockerfile"], str):
+        return "`platform` and `dockerfile` must be strings"
+    for key in ("build_args", "files"):
+        value = raw[key]
+        if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+            return f"`{key}` must map names to strings"
+    for file, described in raw["files"].items():
+        if described != "dir" and not described.startswith(_FILE_KINDS):
+            return f"files.{file}: {described!r} is not `file|exec|link <digest>` or `dir`"
+    inputs = raw.get("inputs", {})
+    if not isinstance(inputs, dict) or not all(
+        isinstance(item, dict) and isinstance(item.get("image"), str) and isinstance(item.get("hash"), str)
+        for item in inputs.values()
+    ):
+        return "`inputs` must map build args to {image, hash} strings"
+    return None
 
 
 def render_lock(entries: Mapping[str, LockEntry]) -> str:
@@ -133,7 +185,7 @@ def render_lock(entries: Mapping[str, LockEntry]) -> str:
 def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> bool:
     """Write the lock atomically; False when it already said exactly this."""
     text = render_lock(entries)
-    if path.exists() and path.read_text(encoding="utf-8") == text:
+    if path.exists() and path.read_bytes() == text.encode("utf-8"):
         return False
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text, encoding="utf-8")

@@ -12,8 +12,11 @@ from imagecascade.core.freshness import ImageInputs, collect_inputs, freshness_h
 from imagecascade.core.lock import LockEntry, entry_for, explain, read_lock
 from imagecascade.core.refusals import Refusal, declaration_refusals, describe
 from imagecascade.core.settings import Settings
+from imagecascade.errors import ConfigError
 
 FIX_COMMAND = "invoke hashes --write"
+# The build-state detail of a present image whose `:latest` tag is not on it.
+LATEST_ELSEWHERE = ":latest points elsewhere or is missing; `invoke cascade` moves it"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,6 +51,7 @@ class Plan:
     settings: Settings
     images: tuple[PlannedImage, ...]
     removed: tuple[str, ...]  # names the lock records but images/ no longer has
+    warnings: tuple[str, ...] = ()  # one line each, for the entry point to show (e.g. a cache discarded)
 
     @property
     def specs(self) -> dict[str, ImageSpec]:
@@ -85,10 +89,25 @@ def image_reference(name: str, tag: str, registry: str) -> str:
     return f"{registry}/{name}:{tag}" if registry else f"{name}:{tag}"
 
 
-def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
+def compute_plan(settings: Settings, *, use_cache: bool = True, ignore_broken_lock: bool = False) -> Plan:
+    """Hash every image and compare with the lock file.
+
+    Raises ConfigError for bad declarations and for a broken lock file, unless
+    `ignore_broken_lock` (for `invoke hashes --write`, which rewrites it): then the broken lock
+    counts as empty and `warnings` says so.
+    """
     specs = load_images(settings)
-    lock = read_lock(settings.lock_path)
+    warnings: list[str] = []
+    try:
+        lock = read_lock(settings.lock_path)
+    except ConfigError as error:
+        if not ignore_broken_lock:
+            raise
+        lock = {}
+        warnings.append(f"{str(error).split('; run `')[0]}; rewriting it from the images")
     cache = DigestCache(settings.cache_dir / "digests.json" if use_cache else None)
+    if cache.warning:
+        warnings.append(cache.warning)
     # Never sent, whatever the context: this tool's cache, its lock and git's own folder, which
     # change on every run or commit and would make a repository-root context never settle.
     skip = frozenset(
@@ -121,7 +140,7 @@ def compute_plan(settings: Settings, *, use_cache: bool = True) -> Plan:
         )
     cache.save()
     removed = tuple(sorted(set(lock) - set(specs)))
-    return Plan(settings=settings, images=tuple(planned), removed=removed)
+    return Plan(settings=settings, images=tuple(planned), removed=removed, warnings=tuple(warnings))
 
 
 def cannot_build_line(image: PlannedImage) -> str:
@@ -189,5 +208,8 @@ def plan_document(
             state, detail = build_states.get(image.name, ("unknown", "not looked up"))
             item["build_state"] = state
             item["build_state_detail"] = detail
+            # "current" / "elsewhere" (missing or on another image) for present images, else null.
+            latest = "elsewhere" if detail == LATEST_ELSEWHERE else "current"
+            item["latest"] = latest if state == "present" else None
         images.append(item)
     return {"images": images, "removed_from_images": list(plan.removed)}

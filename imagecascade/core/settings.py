@@ -17,10 +17,11 @@ IMAGES_DIR = "images"
 LOCK_FILE = "images.lock.json"
 CACHE_DIR = ".cache/imagecascade"
 SecretFiles = Literal["warn", "error"]
+DEFAULT_PUSH_TIMEOUT = 300.0  # seconds a push may go without progress
 
 # section -> key -> (Settings field, type)
 _KNOWN: dict[str, dict[str, tuple[str, type]]] = {
-    "registry": {"url": ("registry", str)},
+    "registry": {"url": ("registry", str), "push_timeout": ("push_timeout", float)},
     "build": {
         "jobs": ("jobs", int),
         "secret_files": ("secret_files", str),
@@ -61,6 +62,7 @@ class Settings:
     docker_cli: str = ""  # the docker CLI that drives BuildKit; "" = IMAGECASCADE_DOCKER_CLI, else PATH
     # secret id -> where its value lives on this machine (--secret, cascade.local.toml); never committed
     secrets: Mapping[str, SecretSource] = dataclasses.field(default_factory=dict)
+    push_timeout: float = DEFAULT_PUSH_TIMEOUT
 
     @property
     def images_dir(self) -> Path:
@@ -146,10 +148,11 @@ def load_settings(root: Path) -> Settings:
                 known = ", ".join(_KNOWN[section])
                 raise ConfigError(f"{path}: unknown key {section}.{key} (known: {known})")
             field, expected = _KNOWN[section][key]
-            if not isinstance(value, expected) or isinstance(value, bool):
-                kind = "table" if expected is dict else expected.__name__
+            accepted = (int, float) if expected is float else expected  # TOML writes 300 and 300.0
+            if not isinstance(value, accepted) or isinstance(value, bool):
+                kind = {dict: "table", float: "number"}.get(expected, expected.__name__)
                 raise ConfigError(f"{path}: {section}.{key} must be a {kind}")
-            values[field] = value
+            values[field] = float(value) if isinstance(value, int | float) and expected is float else value
     if "registry" in values:
         values["registry"] = values["registry"].rstrip("/")
     if values.get("jobs", 1) < 1:
@@ -166,4 +169,6 @@ def load_settings(root: Path) -> Settings:
     }
     check_options(cloud, lambda key: f"{path}: cloudbuild.{key}")
     values.update({f"cloudbuild_{key}": value for key, value in normalised(cloud).items()})
+    if not 0 < values.get("push_timeout", 1.0) < float("inf"):
+        raise ConfigError(f"{path}: registry.push_timeout must be a positive number of seconds")
     return Settings(root=root, **values)

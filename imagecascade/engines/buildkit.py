@@ -31,7 +31,8 @@ from imagecascade.core.build_log import BuildLog, Stream, shorten
 from imagecascade.core.buildkit_syntax import FrontendSupport
 from imagecascade.core.context_tar import write_context_tar
 from imagecascade.core.secrets import Redactor
-from imagecascade.core.settings import Settings
+from imagecascade.core.settings import DEFAULT_PUSH_TIMEOUT, Settings
+from imagecascade.engines.credentials import CredentialResolver
 from imagecascade.engines.docker_cli import DockerCli, cli_path, probe
 from imagecascade.engines.local_backend import LocalBackend
 from imagecascade.errors import BackendError, ConfigError
@@ -57,11 +58,18 @@ class BuildKitBackend(LocalBackend):
     where = "with BuildKit on the local engine"
 
     def __init__(
-        self, cli: DockerCli, engine: Engine | None = None, environ: Mapping[str, str] | None = None
+        self,
+        cli: DockerCli,
+        engine: Engine | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        credentials: CredentialResolver | None = None,
+        push_timeout: float | None = DEFAULT_PUSH_TIMEOUT,
     ) -> None:
+        """Pushes as LocalBackend's: with `credentials`, given up after `push_timeout` s without progress."""
         if not cli.can_buildkit:
             raise ConfigError(f"--builder buildkit: {cli.describe()}")
-        super().__init__(engine, support=cli.frontend())
+        super().__init__(engine, support=cli.frontend(), credentials=credentials, push_timeout=push_timeout)
         self.cli = cli
         self.description = f"BuildKit ({cli.describe()})"
         self._environ = dict(os.environ if environ is None else environ)
@@ -295,17 +303,23 @@ def _short_error(error: str) -> str:
     return shorten(error)
 
 
-def choose_local_builder(settings: Settings, environ: Mapping[str, str] | None = None) -> Any:
+def choose_local_builder(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    credentials: CredentialResolver | None = None,
+) -> Any:
     """The local backend for `settings.builder`: BuildKit, the classic builder, or (auto) whichever
-    the docker CLI supports. `buildkit` without a CLI that can drive it is a ConfigError."""
+    the docker CLI supports. `buildkit` without a CLI that can drive it is a ConfigError. Pushes use
+    `credentials` and give up after `settings.push_timeout` seconds without progress."""
     environ = dict(os.environ if environ is None else environ)
     builder = settings.builder
+    timeout = settings.push_timeout
     if builder == "classic":
-        return LocalBackend()
+        return LocalBackend(credentials=credentials, push_timeout=timeout)
     path = cli_path(settings.docker_cli, environ)
     cli = probe(path, environ) if path is not None else None
     if cli is not None and cli.can_buildkit:
-        return BuildKitBackend(cli, environ=environ)
+        return BuildKitBackend(cli, environ=environ, credentials=credentials, push_timeout=timeout)
     what = cli.describe() if cli is not None else "no docker CLI on PATH"
     remedy = (
         "set IMAGECASCADE_DOCKER_CLI or [build] docker_cli to a docker CLI that drives BuildKit "
@@ -319,4 +333,4 @@ def choose_local_builder(settings: Settings, environ: Mapping[str, str] | None =
         describe=f"only the classic builder is available ({what})",
         remedy=remedy,
     )
-    return LocalBackend(support=support)
+    return LocalBackend(support=support, credentials=credentials, push_timeout=timeout)

@@ -14,7 +14,8 @@ import re
 import socket
 import tarfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import docker
@@ -38,6 +39,23 @@ from imagecascade.engines.containers import (
 )
 from imagecascade.engines.gpu import GpuAccess
 from imagecascade.errors import BackendError
+
+
+class PushStopped(Exception):
+    """A push given up because the run was cancelled (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(f"push of {reference} stopped")
+        self.reference = reference
+
+
+class PushStalled(Exception):
+    """A push given up because the engine reported no progress for `seconds`."""
+
+    def __init__(self, reference: str, seconds: float) -> None:
+        super().__init__(f"push of {reference} made no progress for {seconds:g} s")
+        self.reference = reference
+        self.seconds = seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +339,7 @@ class Engine:
                     f"Docker Engine: cannot start a build: {shorten(_without_url(str(error)))}"
                 ) from None
             cutter = threading.Thread(
-                target=_cut_when_cancelled, args=(api, cancelled, finished), name="build-cancel", daemon=True
+                target=_cut_when, args=(api, cancelled.is_set, finished), name="build-cancel", daemon=True
             )
             cutter.start()
             try:
@@ -345,23 +363,68 @@ class Engine:
         except docker.errors.DockerException as error:
             raise BackendError(f"Docker Engine: cannot tag {image_id} as {reference}: {error}") from error
 
-    def push_image(self, reference: str) -> tuple[str | None, str | None]:
+    def push_image(
+        self,
+        reference: str,
+        *,
+        auth: Mapping[str, str] | None = None,
+        progress_timeout: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> tuple[str | None, str | None]:
         """Push `reference`; (digest, None) on success, (None, error text) when the stream reports one.
 
-        Failures to talk to the engine itself raise BackendError.
+        `auth` is the registry's X-Registry-Auth document (None: the SDK reads docker's config).
+        The push is given up, by cutting the connection (which makes the engine stop it), when
+        `cancelled` is set (PushStopped) or when the engine reports no progress for
+        `progress_timeout` seconds (PushStalled). Failures to talk to the engine raise BackendError.
         """
         repository, tag = split_reference(reference)
+        # Its own connection, so that cutting it stops this push and nothing else. The socket
+        # timeout only backs up the watchdog (e.g. while waiting for the response headers).
+        socket_timeout = None if progress_timeout is None else progress_timeout + 30
+        api = _StreamingClient(
+            timeout=socket_timeout, version=self._client.api.api_version, **self._connection_kwargs()
+        )
+        finished = threading.Event()
+        last_progress = [time.monotonic()]
+        why: list[str] = []
+
+        def should_cut() -> bool:
+            if cancelled is not None and cancelled.is_set():
+                why.append("stopped")
+            elif progress_timeout is not None and time.monotonic() - last_progress[0] > progress_timeout:
+                why.append("stalled")
+            return bool(why)
+
+        cutter = threading.Thread(
+            target=_cut_when, args=(api, should_cut, finished), name="push-watch", daemon=True
+        )
         digest: str | None = None
         try:
-            for chunk in self._client.api.push(repository, tag=tag, stream=True, decode=True):
+            auth_config = None if auth is None else dict(auth)
+            chunks = api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth_config)
+            cutter.start()
+            for chunk in chunks:
+                last_progress[0] = time.monotonic()
                 if chunk.get("error"):
                     detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
                     return None, str(detail)
                 aux = chunk.get("aux") or {}
                 if aux.get("Digest"):
                     digest = str(aux["Digest"])
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        except _STREAM_ERRORS as error:
+            if why == ["stopped"] or (cancelled is not None and cancelled.is_set()):
+                raise PushStopped(reference) from error
+            if why == ["stalled"] or _is_timeout(error):
+                raise PushStalled(reference, progress_timeout or 0.0) from error
             raise BackendError(f"Docker Engine: cannot push {reference}: {error}") from error
+        finally:
+            finished.set()
+            api.close()
+        if why:  # cut just as the stream ended
+            if why == ["stopped"]:
+                raise PushStopped(reference)
+            raise PushStalled(reference, progress_timeout or 0.0)
         return digest, None
 
     def pull_image(self, reference: str) -> ImageInfo | None:
@@ -509,9 +572,10 @@ class _StreamingClient(docker.APIClient):  # type: ignore[misc]
         return super()._stream_helper(response, decode=decode)
 
 
-def _cut_when_cancelled(api: _StreamingClient, cancelled: threading.Event, finished: threading.Event) -> None:
+def _cut_when(api: _StreamingClient, should_cut: Callable[[], bool], finished: threading.Event) -> None:
+    """Shut down `api`'s streamed response once `should_cut()` says so, unless `finished` first."""
     while not finished.wait(0.1):
-        if cancelled.is_set():
+        if should_cut():
             break
     else:
         return
@@ -524,3 +588,12 @@ def _cut_when_cancelled(api: _StreamingClient, cancelled: threading.Event, finis
         getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
     except (OSError, AttributeError, docker.errors.DockerException):
         pass
+
+
+def _is_timeout(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, TimeoutError | urllib3.exceptions.TimeoutError | requests.exceptions.Timeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

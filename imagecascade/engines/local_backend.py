@@ -21,7 +21,8 @@ from imagecascade.core.context_tar import write_context_tar
 from imagecascade.core.plan import PlannedImage
 from imagecascade.core.refusals import Refusal
 from imagecascade.core.secrets import how_to_provide
-from imagecascade.core.settings import Settings
+from imagecascade.core.settings import DEFAULT_PUSH_TIMEOUT, Settings
+from imagecascade.engines.credentials import CredentialResolver
 from imagecascade.errors import BackendError
 
 if TYPE_CHECKING:
@@ -71,9 +72,20 @@ class LocalBackend:
     name = "local"
     where = "on the local engine"
 
-    def __init__(self, engine: Engine | None = None, support: FrontendSupport = CLASSIC) -> None:
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        support: FrontendSupport = CLASSIC,
+        *,
+        credentials: CredentialResolver | None = None,
+        push_timeout: float | None = DEFAULT_PUSH_TIMEOUT,
+    ) -> None:
+        """`credentials` for pushes and pulls (default: the docker CLI's, read when first asked);
+        `push_timeout`: seconds a push may go without progress before it is given up (None: never)."""
         # Without an engine, connect on the first build: a run with nothing to build needs none.
         self._given = engine
+        self.credentials = credentials or CredentialResolver()
+        self._push_timeout = push_timeout
         self._lock = threading.Lock()
         self._support = support
         self._environ: Mapping[str, str] = os.environ
@@ -107,7 +119,7 @@ class LocalBackend:
                 self._engine.tag_image(image_id, reference)
             if not request.registry:
                 return BuildOutcome(log_tail=log.failure_tail())
-            return BuildOutcome(digest=self._push(request, log), log_tail=log.failure_tail())
+            return BuildOutcome(digest=self._push(request, log, cancelled), log_tail=log.failure_tail())
 
     def _build(self, request: BuildRequest, log: BuildLog, cancelled: threading.Event) -> str:
         """Run the build, logging everything; the image id, or BuildError / BackendError."""
@@ -180,16 +192,16 @@ class LocalBackend:
         references += [spec.build_args[key] for key in spec.upstream_build_args]
         for reference in references:
             log.note(f"pulling {reference} (--force)")
-            if self._engine.pull_image(reference) is None:
+            if self._engine.pull_image(reference, self.credentials) is None:
                 raise BuildError(f"{request.image.name}: --force: {reference} is not in its registry")
 
-    def _push(self, request: BuildRequest, log: BuildLog) -> str | None:
+    def _push(self, request: BuildRequest, log: BuildLog, cancelled: threading.Event) -> str | None:
         name = request.image.name
         digest: str | None = None
         for reference in request.references:
             log.note(f"pushing {reference}", live=False)
             log.event(BuildEvent(image=name, kind="state", message=f"pushing {reference}"))
-            pushed, error = self._engine.push_image(reference)
+            pushed, error = self._push_one(request, reference, cancelled)
             if error is not None:
                 log.note(f"push {reference}: {error}")
                 if any(marker in error.lower() for marker in _UNREACHABLE):
@@ -202,6 +214,48 @@ class LocalBackend:
             log.note(f"pushed {reference} {pushed or ''}".rstrip(), live=False)
             log.event(BuildEvent(image=name, kind="pushed", message=f"{reference} {pushed or ''}".rstrip()))
         return digest
+
+    def _push_one(
+        self, request: BuildRequest, reference: str, cancelled: threading.Event
+    ) -> tuple[str | None, str | None]:
+        """Push one reference with the resolver's credentials, bounded by push_timeout and Ctrl-C."""
+        from imagecascade.engines.engine import PushStalled, PushStopped
+        from imagecascade.engines.registry import RepositoryRef
+
+        host = RepositoryRef.parse(reference).host
+        try:
+            return self._engine.push_image(
+                reference,
+                auth=self.credentials.engine_auth(host),
+                progress_timeout=self._push_timeout,
+                cancelled=cancelled,
+            )
+        except PushStalled as stalled:
+            raise BackendError(
+                f"registry {host}: pushing {reference} made no progress for {stalled.seconds:g} s "
+                "([registry] push_timeout in cascade.toml); the registry is not answering"
+            ) from stalled
+        except PushStopped as stopped:
+            left = self._what_was_left(request, reference)
+            raise BuildError(f"{request.image.name}: push of {reference} stopped; {left}") from stopped
+
+    def _what_was_left(self, request: BuildRequest, reference: str) -> str:
+        """Whether the registry holds the hash tag after a push was cut off, asked briefly."""
+        from imagecascade.engines.registry import ImageRef, RegistryClient
+
+        hash_reference = request.references[0]
+        image = ImageRef.parse(hash_reference)
+        try:
+            there = RegistryClient(timeout=3, credentials=self.credentials, attempts=1).manifest_digest(
+                image.repository, image.tag
+            )
+        except BackendError as error:
+            return f"could not ask the registry whether {hash_reference} is there ({error})"
+        if there is None:
+            return f"{hash_reference} is not in the registry (its manifest was not written): rerun to push it"
+        if reference == hash_reference:
+            return f"{hash_reference} is in the registry, :latest was not moved: the next cascade moves it"
+        return f"{hash_reference} is in the registry; :latest may not point at it: the next cascade checks"
 
 
 def _detail(message: str) -> str:

@@ -1,30 +1,36 @@
-"""The Docker Registry HTTP API v2: tag lookups by manifest HEAD, without pulling.
+"""The Docker Registry HTTP API v2: tag lookups by manifest HEAD and tag moves, without pulling.
 
-The only module that speaks to registries over HTTP. Token auth follows the registry token
-specification: a 401 with `WWW-Authenticate: Bearer realm=...,service=...,scope=...` sends us to
-the realm for a token (anonymous, or with the basic credentials `docker login` stored), then the
-request is repeated with it. Transient answers (429, 502, 503, 504, reset connections) are retried
-a few times; everything else that is not 200 or 404 is a BackendError, never "missing".
+The only module that speaks to registries over HTTP. Credentials come from `CredentialResolver`
+(the docker CLI's order). A 401 challenge is answered as the Docker Engine answers it
+(distribution `registry/client/auth/session.go`): `Basic` with the user and password;
+`Bearer realm=...,service=...,scope=...` with a token from the realm, fetched by GET with basic
+credentials (or anonymously), or by POST `grant_type=refresh_token` for an identity token; a
+`registrytoken` is sent as the bearer token itself.
+
+"Not there" is believed only from a registry: a 404 counts when it carries
+`Docker-Distribution-API-Version` or a distribution error (`MANIFEST_UNKNOWN`, `NAME_UNKNOWN`).
+Transient answers (429, 502, 503, 504, reset connections) are retried a few times; anything else
+is a BackendError naming the URL. Credentials never follow a redirect to another origin.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import http.client
 import json
-import os
 import re
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tenacity
 
+from imagecascade.engines.credentials import CredentialResolver, RegistryCredential
 from imagecascade.errors import BackendError
 
 MANIFEST_TYPES = ", ".join(
@@ -37,7 +43,11 @@ MANIFEST_TYPES = ", ".join(
 )
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DOCKER_HUB = "registry-1.docker.io"
+REGISTRY_NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"})
+ENGINE_CLIENT_ID = "docker"  # the client_id the Docker Engine sends to token services
+MAX_BODY = 4 * 1024 * 1024  # manifests and error documents are small
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+Access = Literal["pull", "push"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +70,9 @@ class RepositoryRef:
     def base_url(self) -> str:
         loopback = self.host.startswith(("127.", "localhost", "[::1]"))
         return f"{'http' if loopback else 'https'}://{self.host}"
+
+    def manifest_url(self, reference: str) -> str:
+        return f"{self.base_url}/v2/{self.repository}/manifests/{reference}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,48 +98,52 @@ class ImageRef:
         return f"{self.repository}:{self.tag}@{digest}"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+
+
 class _Transient(Exception):
     """An answer worth asking again (429, 5xx gateway errors, a reset connection)."""
 
 
-def load_docker_credentials(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
-    """host → (user, password) from the `auths` of the docker CLI's config.json (basic auth only).
+class _CredentialSafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but drop `Authorization` when one leads to another scheme, host or port.
 
-    Credential helpers are not consulted: those registries are asked anonymously.
+    urllib copies every header to the redirected request; Go's http.Client, which the Docker
+    Engine uses, drops credentials when the host changes. We do the same, stricter on ports.
     """
-    environ = os.environ if environ is None else environ
-    folder = Path(environ["DOCKER_CONFIG"]) if environ.get("DOCKER_CONFIG") else Path.home() / ".docker"
-    path = folder / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        raise BackendError(f"{path}: cannot read docker credentials: {error}") from error
-    credentials: dict[str, tuple[str, str]] = {}
-    for key, entry in (data.get("auths") or {}).items():
-        encoded = entry.get("auth") if isinstance(entry, dict) else None
-        if not encoded:
-            continue
-        try:
-            user, _, password = base64.b64decode(encoded).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            continue
-        host = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
-        if host in ("index.docker.io", "docker.io"):
-            host = DOCKER_HUB
-        credentials[host] = (user, password)
-    return credentials
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        follow = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if follow is not None and _origin(newurl) != _origin(req.full_url):
+            follow.remove_header("Authorization")
+        return follow
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 class RegistryClient:
-    """Manifest lookups against registries, with token auth and bounded retries."""
+    """Manifest lookups and tag moves against registries, with their auth and bounded retries."""
 
     def __init__(
         self,
         timeout: float = 30.0,
         *,
-        credentials: Mapping[str, tuple[str, str]] | None = None,
+        credentials: CredentialResolver | None = None,
         attempts: int = 4,
         backoff: float = 0.25,
     ) -> None:
@@ -134,20 +151,43 @@ class RegistryClient:
         self._credentials = credentials
         self._attempts = attempts
         self._backoff = backoff
-        self._tokens: dict[tuple[str, str], str] = {}
+        self._tokens: dict[tuple[str, str, Access], str] = {}
         self._lock = threading.Lock()
+        self._opener = urllib.request.build_opener(_CredentialSafeRedirects)
+
+    @property
+    def credentials(self) -> CredentialResolver:
+        with self._lock:
+            if self._credentials is None:
+                self._credentials = CredentialResolver()
+            return self._credentials
 
     def manifest_digest(self, repository: str, tag: str) -> str | None:
         """The digest of `repository:tag`, None when the registry says it does not exist.
 
-        Anything but 200 or 404 (refused connection, 5xx, auth failure) raises BackendError.
+        A 404 that does not come from a registry, a refused connection, a 5xx or an auth
+        failure raises BackendError: never "missing".
         """
         ref = RepositoryRef.parse(repository)
-        url = f"{ref.base_url}/v2/{ref.repository}/manifests/{tag}"
-        status, headers, _ = self._send(ref, url)
-        if status == 404:
-            return None
-        return headers.get("docker-content-digest", "") or "unknown-digest"
+        url = ref.manifest_url(tag)
+        answer = self._call(ref, "HEAD", url, {"Accept": MANIFEST_TYPES}, access="pull")
+        if answer.status == 404 and "docker-distribution-api-version" not in answer.headers:
+            # A HEAD has no body to show a distribution error code: ask again with GET.
+            answer = self._call(ref, "GET", url, {"Accept": MANIFEST_TYPES}, access="pull")
+        if answer.status == 404:
+            if _is_registry_not_found(answer):
+                return None
+            raise BackendError(
+                f"registry {ref.host}: {url} answered 404 without a registry's marks (no "
+                "Docker-Distribution-API-Version header, no MANIFEST_UNKNOWN or NAME_UNKNOWN error): "
+                f"is {ref.host} a registry, and is the path right?"
+            )
+        if answer.status != 200:
+            raise self._refusal(ref, "HEAD", url, answer.status)
+        digest = answer.headers.get("docker-content-digest", "")
+        if not digest and answer.body:
+            digest = "sha256:" + hashlib.sha256(answer.body).hexdigest()
+        return digest or "unknown-digest"
 
     def tag_digest(self, reference: str) -> str:
         """The current digest of `reference`'s tag (any pinned digest in it is ignored)."""
@@ -167,8 +207,7 @@ class RegistryClient:
         From an image index, the linux/amd64 image (else the first). Errors as manifest_digest.
         """
         ref = RepositoryRef.parse(repository)
-        manifests = f"{ref.base_url}/v2/{ref.repository}/manifests"
-        manifest = self._get_json(ref, f"{manifests}/{tag}", MANIFEST_TYPES)
+        manifest = self._get_json(ref, ref.manifest_url(tag), MANIFEST_TYPES)
         if manifest is None:
             return None
         entries = manifest.get("manifests")
@@ -182,7 +221,7 @@ class RegistryClient:
                 ),
                 entries[0],
             )
-            manifest = self._get_json(ref, f"{manifests}/{chosen.get('digest')}", MANIFEST_TYPES)
+            manifest = self._get_json(ref, ref.manifest_url(str(chosen.get("digest"))), MANIFEST_TYPES)
             if manifest is None:
                 raise BackendError(
                     f"registry {ref.host}: {repository}:{tag}: its index names a missing image"
@@ -195,20 +234,62 @@ class RegistryClient:
         return {str(key): str(value) for key, value in labels.items()}
 
     def _get_json(self, ref: RepositoryRef, url: str, accept: str) -> dict[str, Any] | None:
-        status, _, body = self._send(ref, url, method="GET", accept=accept)
-        if status == 404:
+        """A JSON document by GET; None on a registry's 404, BackendError on anything else."""
+        answer = self._call(ref, "GET", url, {"Accept": accept}, access="pull")
+        if answer.status == 404 and _is_registry_not_found(answer):
             return None
+        if answer.status != 200:
+            raise self._refusal(ref, "GET", url, answer.status)
         try:
-            document = json.loads(body)
+            document = json.loads(answer.body)
         except ValueError as error:
             raise BackendError(f"registry {ref.host}: GET {url}: not JSON ({error})") from error
         if not isinstance(document, dict):
             raise BackendError(f"registry {ref.host}: GET {url}: not a JSON object")
         return document
 
-    def _send(
-        self, ref: RepositoryRef, url: str, *, method: str = "HEAD", accept: str = MANIFEST_TYPES
-    ) -> tuple[int, dict[str, str], bytes]:
+    def copy_tag(self, repository: str, source: str, target: str) -> str:
+        """Point `repository:target` at the manifest of `repository:source`; return its digest.
+
+        What `crane tag` does: GET the manifest as stored, PUT the same bytes under the new tag.
+        No layer moves. Raises BackendError when either step is refused.
+        """
+        ref = RepositoryRef.parse(repository)
+        source_url = ref.manifest_url(source)
+        found = self._call(ref, "GET", source_url, {"Accept": MANIFEST_TYPES}, access="pull")
+        if found.status != 200:
+            raise self._refusal(ref, "GET", source_url, found.status)
+        media_type = found.headers.get("content-type", "").split(";")[0].strip()
+        if not media_type:
+            raise BackendError(f"registry {ref.host}: GET {source_url} gave a manifest without a media type")
+        target_url = ref.manifest_url(target)
+        stored = self._call(
+            ref, "PUT", target_url, {"Content-Type": media_type}, access="push", body=found.body
+        )
+        if stored.status not in (200, 201, 202):
+            raise self._refusal(ref, "PUT", target_url, stored.status)
+        return stored.headers.get("docker-content-digest") or (
+            "sha256:" + hashlib.sha256(found.body).hexdigest()
+        )
+
+    def _refusal(self, ref: RepositoryRef, method: str, url: str, status: int) -> BackendError:
+        hint = ""
+        if status in (401, 403):
+            credential = self.credentials.resolve(ref.host)
+            used = f"with the {credential.source}" if credential else "anonymously"
+            hint = f" (asked {used}; {self.credentials.login_hint(ref.host)})"
+        return BackendError(f"registry {ref.host}: {method} {url} answered {status}{hint}")
+
+    def _call(
+        self,
+        ref: RepositoryRef,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        access: Access,
+        body: bytes | None = None,
+    ) -> _Answer:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Transient),
             stop=tenacity.stop_after_attempt(self._attempts),
@@ -218,46 +299,55 @@ class RegistryClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._send_once(ref, url, method, accept)
+                    return self._call_once(ref, method, url, headers, access, body)
         except _Transient as error:
             raise BackendError(
                 f"registry {ref.host}: {method} {url}: {error} (still failing after {self._attempts} tries)"
             ) from error
         raise AssertionError("unreachable")
 
-    def _send_once(
-        self, ref: RepositoryRef, url: str, method: str, accept: str
-    ) -> tuple[int, dict[str, str], bytes]:
-        scope_key = (ref.host, ref.repository)
-        authorization = self._tokens.get(scope_key)
+    def _call_once(
+        self,
+        ref: RepositoryRef,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        access: Access,
+        body: bytes | None,
+    ) -> _Answer:
+        scope_key = (ref.host, ref.repository, access)
+        with self._lock:
+            authorization = self._tokens.get(scope_key)
         for first_pass in (True, False):  # the second pass carries the credentials a 401 asked for
-            headers = {"Accept": accept}
+            sent = dict(headers)
             if authorization:
-                headers["Authorization"] = authorization
-            status, answer, body = self._request(url, method, headers, ref)
-            if status == 401 and first_pass:
-                authorization = self._authorize(ref, answer.get("www-authenticate", ""), url)
+                sent["Authorization"] = authorization
+            answer = self._send(url, method, sent, ref, body)
+            if answer.status == 401 and first_pass:
+                authorization = self._authorize(ref, answer.headers.get("www-authenticate", ""), access, url)
                 with self._lock:
                     self._tokens[scope_key] = authorization
                 continue
-            if status in (200, 404):
-                return status, answer, body
-            raise BackendError(f"registry {ref.host}: {method} {url} answered {status}{_auth_hint(status)}")
+            return answer
         raise AssertionError("unreachable")
 
-    def _request(
-        self, url: str, method: str, headers: Mapping[str, str], ref: RepositoryRef
-    ) -> tuple[int, dict[str, str], bytes]:
-        """(status, headers, body); transient failures raise _Transient, unreachable hosts BackendError."""
-        request = urllib.request.Request(url, method=method, headers=dict(headers))
+    def _send(
+        self, url: str, method: str, headers: Mapping[str, str], ref: RepositoryRef, body: bytes | None = None
+    ) -> _Answer:
+        """One request; transient failures raise _Transient, unreachable hosts BackendError."""
+        request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                body = response.read() if method == "GET" else b""
-                return response.status, _lower(response.headers.items()), body
+            with self._opener.open(request, timeout=self._timeout) as response:
+                content = response.read(MAX_BODY) if method != "HEAD" else b""
+                return _Answer(response.status, _lower(response.headers.items()), content)
         except urllib.error.HTTPError as error:
             if error.code in RETRY_STATUSES:
                 raise _Transient(f"answered {error.code} {error.reason}") from error
-            return error.code, _lower(error.headers.items()), b""
+            try:
+                content = error.read(MAX_BODY) if method != "HEAD" else b""
+            except (OSError, http.client.HTTPException):
+                content = b""
+            return _Answer(error.code, _lower(error.headers.items()), content)
         except (ConnectionResetError, http.client.RemoteDisconnected, http.client.IncompleteRead) as error:
             raise _Transient(f"connection reset ({error})") from error
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
@@ -266,57 +356,107 @@ class RegistryClient:
                 raise _Transient(f"connection reset ({reason})") from error
             raise BackendError(f"registry {ref.host}: cannot reach it ({reason})") from error
 
-    def _authorize(self, ref: RepositoryRef, challenge: str, url: str) -> str:
+    def _authorize(self, ref: RepositoryRef, challenge: str, access: Access, url: str) -> str:
         """The Authorization header value a 401 challenge asks for."""
-        scheme, _, params_text = challenge.partition(" ")
+        scheme, _, params_text = challenge.strip().partition(" ")
         params = dict(_CHALLENGE_PARAM.findall(params_text))
-        credentials = self._credentials_for(ref.host)
+        credential = self.credentials.resolve(ref.host)
         if scheme.lower() == "basic":
-            if credentials is None:
+            if credential is None or credential.kind != "basic":
+                what = "none is configured"
+                if credential is not None:
+                    what = f"the {credential.source} holds a token"
                 raise BackendError(
-                    f"registry {ref.host}: HEAD {url} needs credentials; run `docker login {ref.host}`"
+                    f"registry {ref.host}: {url} asks for a user name and password, and {what}; "
+                    f"{self.credentials.login_hint(ref.host)}"
                 )
-            return "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+            return _basic(credential)
         if scheme.lower() != "bearer" or "realm" not in params:
-            raise BackendError(f"registry {ref.host}: HEAD {url} answered 401 with challenge {challenge!r}")
-        query = {key: params[key] for key in ("service", "scope") if key in params}
-        query.setdefault("scope", f"repository:{ref.repository}:pull")
-        token_url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
-        headers = {}
-        if credentials is not None:
-            headers["Authorization"] = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
-        realm = RepositoryRef(host=urllib.parse.urlsplit(params["realm"]).netloc, repository="")
-        token_request = urllib.request.Request(token_url, headers=headers)
+            raise BackendError(f"registry {ref.host}: {url} answered 401 with challenge {challenge!r}")
+        if credential is not None and credential.kind == "registry_token":
+            return f"Bearer {credential.secret}"
+        actions = "pull" if access == "pull" else "pull,push"
+        scope = params.get("scope") or f"repository:{ref.repository}:{actions}"
+        document = self._fetch_token(ref, params["realm"], params.get("service", ""), scope, credential)
+        token = document.get("token") or document.get("access_token")
+        if not isinstance(token, str) or not token:
+            realm_host = urllib.parse.urlsplit(params["realm"]).netloc
+            raise BackendError(f"registry {ref.host}: the token service {realm_host} gave no token")
+        return f"Bearer {token}"
+
+    def _fetch_token(
+        self,
+        ref: RepositoryRef,
+        realm: str,
+        service: str,
+        scope: str,
+        credential: RegistryCredential | None,
+    ) -> dict[str, Any]:
+        """Ask the token realm, as the Docker Engine does: POST for refresh tokens, else GET."""
+        realm_host = urllib.parse.urlsplit(realm).netloc
+        headers: dict[str, str] = {}
+        if credential is not None and credential.kind == "identity_token":
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": credential.secret,
+                "service": service,
+                "scope": scope,
+                "client_id": ENGINE_CLIENT_ID,
+            }
+            request = urllib.request.Request(
+                realm,
+                data=urllib.parse.urlencode(form).encode(),
+                method="POST",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        else:
+            query = [("service", service)] if service else []
+            query += [("scope", part) for part in scope.split(" ") if part]
+            if credential is not None:
+                query.append(("account", credential.username))
+                headers["Authorization"] = _basic(credential)
+            separator = "&" if "?" in realm else "?"
+            token_url = realm + separator + urllib.parse.urlencode(query)
+            request = urllib.request.Request(token_url, headers=headers)
         try:
-            with urllib.request.urlopen(token_request, timeout=self._timeout) as response:
-                document = json.loads(response.read())
+            with self._opener.open(request, timeout=self._timeout) as response:
+                document = json.loads(response.read(MAX_BODY))
         except urllib.error.HTTPError as error:
-            raise BackendError(
-                f"registry {ref.host}: the token service {realm.host} answered {error.code} {error.reason}"
-                + ("" if credentials else f"; if the repository is private, run `docker login {ref.host}`")
-            ) from error
+            if credential is None:
+                hint = f"; if the repository is private, {self.credentials.login_hint(ref.host)}"
+            else:
+                hint = f" (credentials from the {credential.source}; {self.credentials.login_hint(ref.host)})"
+            answered = f"the token service {realm_host} answered {error.code} {error.reason}"
+            raise BackendError(f"registry {ref.host}: {answered}{hint}") from error
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
             reason = getattr(error, "reason", error)
             raise BackendError(
-                f"registry {ref.host}: cannot get a token from {realm.host} ({reason})"
+                f"registry {ref.host}: cannot get a token from {realm_host} ({reason})"
             ) from error
-        token = document.get("token") or document.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise BackendError(f"registry {ref.host}: the token service {realm.host} gave no token")
-        return f"Bearer {token}"
+        if not isinstance(document, dict):
+            raise BackendError(f"registry {ref.host}: the token service {realm_host} gave no token")
+        return document
 
-    def _credentials_for(self, host: str) -> tuple[str, str] | None:
-        if self._credentials is None:
-            self._credentials = load_docker_credentials()
-        return self._credentials.get(host)
+
+def _basic(credential: RegistryCredential) -> str:
+    pair = f"{credential.username}:{credential.secret}".encode()
+    return "Basic " + base64.b64encode(pair).decode()
+
+
+def _is_registry_not_found(answer: _Answer) -> bool:
+    """A 404 from a registry: its API version header, or a distribution error document."""
+    if "docker-distribution-api-version" in answer.headers:
+        return True
+    try:
+        document = json.loads(answer.body)
+    except ValueError:
+        return False
+    errors = document.get("errors") if isinstance(document, dict) else None
+    return isinstance(errors, list) and any(
+        isinstance(error, dict) and error.get("code") in REGISTRY_NOT_FOUND_CODES for error in errors
+    )
 
 
 def _lower(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers keyed by lower-case name: HTTP header names are case-insensitive."""
     return {key.lower(): value for key, value in items}
-
-
-def _auth_hint(status: int) -> str:
-    if status in (401, 403):
-        return " (not authorised: check `docker login` for this registry)"
-    return ""

@@ -1,24 +1,29 @@
 """Where built images are looked up: the engine's own store, or a registry.
 
 Both implement `imagecascade.core.backend.ImageStore`: an image counts as built if and only if
-its hash tag exists there.
+its hash tag exists there, and `:latest` is repaired there without a rebuild.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imagecascade.core.backend import ImageStore
 from imagecascade.core.cascade import LABEL_HASH
-from imagecascade.core.plan import Plan, image_reference
+from imagecascade.core.plan import LATEST_ELSEWHERE, Plan, image_reference
 from imagecascade.core.why import why_missing
 from imagecascade.errors import BackendError, ConfigError, NotBuilt
 
 if TYPE_CHECKING:
+    from imagecascade.engines.credentials import CredentialResolver
     from imagecascade.engines.engine import Engine
-    from imagecascade.engines.registry import RegistryClient
+
+LATEST = "latest"
+LOOKUP_THREADS = 8
 
 
 class EngineStore:
@@ -40,22 +45,50 @@ class EngineStore:
         images = self._engine.list_images(name)
         return images[0].labels.get(LABEL_HASH, "") if images else None
 
+    def latest_is(self, name: str, tag: str) -> bool:
+        tagged = self._engine.inspect_image(image_reference(name, tag, ""))
+        latest = self._engine.inspect_image(image_reference(name, LATEST, ""))
+        return tagged is not None and latest is not None and tagged.id == latest.id
+
+    def move_latest(self, name: str, tag: str) -> None:
+        self._engine.tag_image(image_reference(name, tag, ""), image_reference(name, LATEST, ""))
+
 
 class RegistryStore:
-    """Images in `registry`, asked through `client` (default: docker's stored credentials)."""
+    """A registry's answers by manifest HEAD; `:latest` moved by a manifest PUT (no pull, no push)."""
 
-    def __init__(self, registry: str, client: RegistryClient | None = None) -> None:
+    def __init__(self, registry: str, credentials: CredentialResolver | None = None) -> None:
         from imagecascade.engines.registry import RegistryClient
 
         self._registry = registry
-        self._client = client if client is not None else RegistryClient()
+        self._client = RegistryClient(credentials=credentials)
+        self._digests: dict[tuple[str, str], str | None] = {}
+        self._lock = threading.Lock()
         self.description = registry
 
     def has(self, name: str, tag: str) -> bool:
-        return self._client.manifest_digest(f"{self._registry}/{name}", tag) is not None
+        return self._digest(name, tag, fresh=True) is not None
 
     def digest(self, name: str, tag: str) -> str | None:
-        return self._client.manifest_digest(f"{self._registry}/{name}", tag)
+        return self._digest(name, tag, fresh=True)
+
+    def latest_is(self, name: str, tag: str) -> bool:
+        tagged = self._digest(name, tag, fresh=False)
+        return tagged is not None and self._digest(name, LATEST, fresh=True) == tagged
+
+    def move_latest(self, name: str, tag: str) -> None:
+        digest = self._client.copy_tag(f"{self._registry}/{name}", tag, LATEST)
+        with self._lock:
+            self._digests[(name, LATEST)] = digest
+
+    def _digest(self, name: str, tag: str, *, fresh: bool) -> str | None:
+        with self._lock:
+            if not fresh and (name, tag) in self._digests:
+                return self._digests[(name, tag)]
+        digest = self._client.manifest_digest(f"{self._registry}/{name}", tag)
+        with self._lock:
+            self._digests[(name, tag)] = digest
+        return digest
 
     def newest_hash(self, name: str) -> str | None:
         """The freshness hash of `REGISTRY/name:latest` ("" unlabelled, None when there is none)."""
@@ -73,27 +106,41 @@ class BuildStates:
 
 
 def look_up_build_states(plan: Plan, open_target: Callable[[], ImageStore]) -> BuildStates:
-    """Ask the target about every image of `plan`; the first failure stops asking (it would repeat)."""
+    """Ask the target about every image of `plan` (a few at once); the first failure is the problem.
+
+    A present image whose `:latest` is elsewhere has the detail LATEST_ELSEWHERE.
+    """
+
+    def state(image: Any) -> tuple[str, str]:
+        if not store.has(image.name, image.tag):
+            return "missing", ""
+        return "present", "" if store.latest_is(image.name, image.tag) else LATEST_ELSEWHERE
+
     try:
         store = open_target()
-        present = {image.name: store.has(image.name, image.tag) for image in plan.images}
+        workers = max(1, min(LOOKUP_THREADS, len(plan.images)))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup") as pool:
+            found = dict(
+                zip([image.name for image in plan.images], pool.map(state, plan.images), strict=True)
+            )
     except BackendError as error:
         return BuildStates({image.name: ("unknown", str(error)) for image in plan.images}, str(error))
-    missing = [name for name, found in present.items() if not found]
+    missing = [name for name, (state_, _) in found.items() if state_ == "missing"]
     try:
         why = why_missing(plan, store.newest_hash, missing, store.description)
     except BackendError as error:
         why = {name: f"cannot tell why: {error}" for name in missing}
     states = {
-        name: ("present", "") if found else ("missing", why.get(name, "")) for name, found in present.items()
+        name: ("missing", why.get(name, "")) if state_ == "missing" else (state_, detail)
+        for name, (state_, detail) in found.items()
     }
     return BuildStates(states)
 
 
-def open_store(registry: str) -> ImageStore:
+def open_store(registry: str, credentials: CredentialResolver | None = None) -> ImageStore:
     """The registry when one is configured, else the local engine (connecting to it)."""
     if registry:
-        return RegistryStore(registry)
+        return RegistryStore(registry, credentials)
     from imagecascade.engines.engine import Engine
 
     return EngineStore(Engine.from_environment())

@@ -56,6 +56,8 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]], backend:
         build = f"[{colour}]{state}[/]"
         if state == "missing" and detail:
             build += f": {escape(detail)}"  # why: what the target holds instead
+        elif state == "present" and detail:  # `:latest` elsewhere
+            build += f" [yellow]({escape(detail)})[/]"
         elif state == "unknown" and detail == "--offline":
             build += " (--offline)"  # other reasons are printed once below the table
         if image.cannot_build and state != "present":
@@ -171,6 +173,8 @@ def dry_run_table(result: CascadeResult, why: Mapping[str, str] | None = None) -
         action = {"would build": "[yellow]build[/]", "present": "[green]keep[/]"}.get(
             item.outcome, f"[red]{item.outcome}[/]"
         )
+        if item.outcome == "present" and ":latest" in item.reason:
+            action = "[yellow]move :latest[/]"
         reason = f"{item.reason}; {why[item.name]}" if why and why.get(item.name) else item.reason
         table.add_row(item.name, action, escape(reason), item.reference)
     return table
@@ -191,6 +195,8 @@ def summary_table(result: CascadeResult) -> Table:
     for item in result.results:
         duration = f"{item.duration:.1f} s" if item.outcome in ("built", "failed", "cancelled") else ""
         detail = item.reference if item.outcome in ("built", "present") else item.reason
+        if item.latest_moved:
+            detail += " (:latest moved here)"
         # Text: reasons quote config keys like [cloudbuild], which are not markup.
         table.add_row(item.name, f"[{colour.get(item.outcome, '')}]{item.outcome}[/]", duration, Text(detail))
     return table
