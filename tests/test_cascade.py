@@ -317,6 +317,54 @@ def test_ctrl_c_stops_running_builds(tmp_path: Path) -> None:
     assert result.cancelled and result.names("built") == []
 
 
+def test_a_second_ctrl_c_waits_for_the_running_builds_and_keeps_what_was_built(tmp_path: Path) -> None:
+    """A second Ctrl-C cannot stop threads sooner: the run still ends with a truthful result."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    class SlowToStop(FakeBackend):
+        def build(
+            self, request: BuildRequest, on_event: Callable[[BuildEvent], None], cancelled: threading.Event
+        ) -> BuildOutcome:
+            if request.image.name != "a1":
+                return super().build(request, on_event, cancelled)
+            signal.pthread_kill(main, signal.SIGINT)
+            cancelled.wait(5)
+            signal.pthread_kill(main, signal.SIGINT)  # while the scheduler waits for this build
+            time.sleep(0.5)  # a push being cut takes a moment
+            raise BuildError("a1: push of x stopped; x is not in the registry")
+
+    result = run(make_plan(tmp_path), SlowToStop(), jobs=1)
+    assert result.cancelled and "a" in result.names("built")
+    assert result.outcome_of("a1") == "cancelled"
+    assert "is not in the registry" in next(item.reason for item in result.results if item.name == "a1")
+
+
+def test_latest_elsewhere_is_moved_back_without_a_build(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path)
+    store = FakeStore(present=ALL, latest_elsewhere={"a2", "other"})
+    preview = run(plan, FakeBackend(), store=store, dry_run=True)
+    assert store.moved == [] and preview.outcome_of("a2") == "present"
+    assert ":latest points elsewhere" in next(item.reason for item in preview.results if item.name == "a2")
+    backend = FakeBackend()
+    result = run(plan, backend, store=store)
+    assert result.ok and backend.built == []
+    assert store.moved == [("a2", plan.get("a2").tag), ("other", plan.get("other").tag)]
+    assert {item.name for item in result.results if item.latest_moved} == {"a2", "other"}
+    store.moved.clear()
+    assert run(plan, FakeBackend(), store=store).ok and store.moved == []
+
+
+def test_a_latest_that_cannot_be_moved_stops_the_run(tmp_path: Path) -> None:
+    class Refusing(FakeStore):
+        def move_latest(self, name: str, tag: str) -> None:
+            raise BackendError("registry 127.0.0.1:9: PUT .../manifests/latest answered 403")
+
+    backend = FakeBackend()
+    result = run(make_plan(tmp_path), backend, store=Refusing(present={"a"}, latest_elsewhere={"a"}))
+    assert "answered 403" in result.backend_error and backend.built == []
+
+
 def test_events_report_each_decision_and_build(tmp_path: Path) -> None:
     events: list[BuildEvent] = []
     run_cascade(
