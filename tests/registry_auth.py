@@ -188,7 +188,7 @@ class TokenService:
 def write_credential_helper(
     folder: Path, name: str, answers: dict[str, tuple[str, str]], *, broken: bool = False
 ) -> Path:
-    """`folder/docker-credential-<name>`: answers `get` from `answers` (server -> (user, secret)).
+    """`folder/docker-credential-<name>`: answers `get` and `list` from `answers` (server -> (user, secret)).
 
     Unknown servers get the protocol's "credentials not found in native keychain"; `broken`
     makes every call fail. Each call is appended to `folder/<name>.log` as `action server`.
@@ -207,7 +207,9 @@ def write_credential_helper(
         f"if {broken!r}:\n"
         "    print('the keychain is locked'); sys.exit(1)\n"
         f"answers = json.load(open({str(table)!r}))\n"
-        "if action == 'get' and server in answers:\n"
+        "if action == 'list':\n"
+        "    print(json.dumps({key: value[0] for key, value in answers.items()}))\n"
+        "elif action == 'get' and server in answers:\n"
         "    user, secret = answers[server]\n"
         "    print(json.dumps({'ServerURL': server, 'Username': user, 'Secret': secret}))\n"
         "else:\n"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import docker
+import docker.credentials
 import docker.errors
 import docker.types
 import docker.utils
@@ -337,6 +338,10 @@ class Engine:
                 # Their text can hold the request URL, and with it every build arg: never print it.
                 raise BackendError(
                     f"Docker Engine: cannot start a build: {shorten(_without_url(str(error)))}"
+                ) from None
+            except docker.credentials.StoreError as error:  # the SDK lists every helper's credentials
+                raise BackendError(
+                    f"Docker Engine: cannot start a build: credential helper: {shorten(str(error))}"
                 ) from None
             cutter = threading.Thread(
                 target=_cut_when, args=(api, cancelled.is_set, finished), name="build-cancel", daemon=True
