@@ -16,7 +16,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import docker
 import docker.credentials
@@ -40,6 +40,9 @@ from imagecascade.engines.containers import (
 )
 from imagecascade.engines.gpu import GpuAccess
 from imagecascade.errors import BackendError
+
+if TYPE_CHECKING:
+    from imagecascade.engines.credentials import CredentialResolver
 
 
 class PushStopped(Exception):
@@ -432,17 +435,25 @@ class Engine:
             raise PushStalled(reference, progress_timeout or 0.0)
         return digest, None
 
-    def pull_image(self, reference: str) -> ImageInfo | None:
+    def pull_image(self, reference: str, credentials: CredentialResolver | None = None) -> ImageInfo | None:
         """Pull `reference` from its registry; None when the registry has no such tag.
 
-        Anything else (registry unreachable, auth, 5xx) raises BackendError: never "missing".
+        Credentials come from `credentials` (default: the docker CLI's config, as for every other
+        registry request). Anything else than "no such tag" (registry unreachable, auth, 5xx)
+        raises BackendError: never "missing".
         """
+        from imagecascade.engines.credentials import CredentialResolver
+        from imagecascade.engines.registry import RepositoryRef
+
         name, _, digest = reference.partition("@")
         repository, tag = split_reference(name)
         if digest:  # the engine pulls by digest when the tag field holds one
             tag, reference = digest, f"{repository}@{digest}"
+        auth = (credentials or CredentialResolver()).engine_auth(RepositoryRef.parse(repository).host)
         try:
-            for chunk in self._client.api.pull(repository, tag=tag, stream=True, decode=True):
+            for chunk in self._client.api.pull(
+                repository, tag=tag, stream=True, decode=True, auth_config=auth
+            ):
                 if chunk.get("error"):
                     detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
                     raise BackendError(f"Docker Engine: cannot pull {reference}: {detail}")
