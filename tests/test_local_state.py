@@ -85,7 +85,7 @@ def test_a_damaged_digest_cache_is_discarded_with_one_warning_and_never_gives_a_
     plan = compute_plan(load_settings(root))
     assert {image.name: image.hash for image in plan.images} == truth
     [line] = plan.warnings
-    assert line.startswith(f"warning: {cache}: ") and warning in line and "hashed again" in line
+    assert line.startswith(f"{cache}: ") and warning in line and "hashed again" in line
     again = compute_plan(load_settings(root))  # the damaged file was replaced
     assert again.warnings == () and {image.name: image.hash for image in again.images} == truth
 
