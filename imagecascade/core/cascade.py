@@ -109,8 +109,9 @@ class CascadeResult:
             by = f" by {self.interrupted_by}" if self.interrupted_by else ""
             built, stopped = self.names("built"), self.names("cancelled")
             done = f"built {', '.join(built)}" if built else "nothing was built"
+            stopped_names = ", ".join(stopped) or "none"
             return INTERRUPTED, (
-                f"interrupted{by}: {done}; not finished: {', '.join(stopped) or 'none'} (see above); "
+                f"interrupted{by}: {done}; stopped: {stopped_names}, left untagged (see above); "
                 "rerun to build what is missing"
             )
         if self.ok:
