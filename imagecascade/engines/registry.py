@@ -148,19 +148,12 @@ class RegistryClient:
         backoff: float = 0.25,
     ) -> None:
         self._timeout = timeout
-        self._credentials = credentials
+        self.credentials = credentials or CredentialResolver()  # reads nothing until first asked
         self._attempts = attempts
         self._backoff = backoff
         self._tokens: dict[tuple[str, str, Access], str] = {}
         self._lock = threading.Lock()
         self._opener = urllib.request.build_opener(_CredentialSafeRedirects)
-
-    @property
-    def credentials(self) -> CredentialResolver:
-        with self._lock:
-            if self._credentials is None:
-                self._credentials = CredentialResolver()
-            return self._credentials
 
     def manifest_digest(self, repository: str, tag: str) -> str | None:
         """The digest of `repository:tag`, None when the registry says it does not exist.
