@@ -14,6 +14,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
+from imagecascade.assembly import BACKENDS
 from imagecascade.core.settings import Settings, find_root, load_settings
 from imagecascade.errors import INTERRUPTED, BackendError, CascadeError, ConfigError
 from imagecascade.signals import interrupt_name, quiet_broken_pipe, termination_as_interrupt
@@ -35,9 +36,6 @@ def _pipe_safe(body: Callable[..., None]) -> Callable[..., None]:
             body(*args, **kwargs)
 
     return run
-
-
-BACKENDS = ("local", "cloudbuild")
 
 
 def _fail(error: CascadeError) -> Exit:
@@ -96,20 +94,18 @@ def plan(
 
     Exits 3 when a build state is unknown (the engine or registry could not answer), unless --offline.
     """
+    from imagecascade.assembly import check_backend, placed, plan_refusals
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.plan import compute_plan, plan_document
     from imagecascade.core.secrets import load_local_secrets
 
-    if backend not in BACKENDS:
-        raise Exit(
-            f"error: --backend: unknown backend {backend!r} (available: {', '.join(BACKENDS)})", code=2
-        )
     try:
+        check_backend(backend)
         settings = _settings(registry=registry, builder=builder, cloudbuild_project=project)
         settings = settings.with_overrides(secrets=load_local_secrets(settings.root))
-        current = _placed(compute_plan(settings), backend)
+        current = placed(compute_plan(settings), backend)
         warnings = [*current.warnings, *check_before_build(current)]
-        current = _plan_refusals(current, backend, settings)
+        current = plan_refusals(current, backend, settings)
     except CascadeError as error:
         raise _fail(error) from error
     _warn(warnings)
@@ -162,55 +158,6 @@ def graph(c: Context, format: str = "tree") -> None:
 plan.help["json"] = plan.help.pop("json")
 
 
-def _placed(current: Any, backend: str) -> Any:
-    """The plan with each image refused that must go to Cloud Build where this run cannot send it."""
-    from imagecascade.core.placement import placement_refusals
-
-    return current.with_refusals(placement_refusals(current, backend))
-
-
-def _backend(
-    name: str, settings: Settings, current: Any, cloud: dict[str, Any] | None = None, credentials: Any = None
-) -> Any:
-    """The backend of the run; with `local`, images that require Cloud Build are sent there."""
-    if name not in BACKENDS:
-        raise Exit(
-            f"error: --backend: unknown or unavailable backend {name!r} (available: {', '.join(BACKENDS)})",
-            code=2,
-        )
-    from imagecascade.core.build_options import CloudBuildFlags
-
-    flags = CloudBuildFlags(**(cloud or {}))
-    flags.check()
-
-    def cloudbuild() -> Any:
-        from imagecascade.cloud.cloudbuild import CloudBuildBackend
-
-        return CloudBuildBackend(settings, flags)
-
-    if name == "cloudbuild":
-        return cloudbuild()
-    from imagecascade.engines.buildkit import choose_local_builder
-
-    local = choose_local_builder(settings, credentials=credentials)
-    if not any(image.spec.cloudbuild.required for image in current.images):
-        return local
-    from imagecascade.cloud.placement import PlacedBackend
-
-    return PlacedBackend(settings, local, cloudbuild)
-
-
-def _store(backend: str, settings: Settings, credentials: Any) -> Any:
-    """Where "already built" is decided; both backends ask the registry with the same credentials."""
-    if backend == "cloudbuild":
-        from imagecascade.cloud.registry_store import cloudbuild_store
-
-        return cloudbuild_store(settings)
-    from imagecascade.engines.store import open_store
-
-    return open_store(settings.registry, credentials)
-
-
 def _run_cascade(
     options: Any,
     registry: str | None,
@@ -224,8 +171,17 @@ def _run_cascade(
     """Plan, build what is missing, render progress and the summary, map the outcome to an exit code."""
     import dataclasses
 
+    from imagecascade.assembly import (
+        check_secret_ids,
+        choose_backend,
+        placed,
+        target_store,
+        why_missing,
+        with_refusals,
+    )
     from imagecascade.core.build_checks import check_before_build
-    from imagecascade.core.cascade import run_cascade, selection
+    from imagecascade.core.cascade import run_cascade
+    from imagecascade.core.decisions import selection
     from imagecascade.core.plan import compute_plan
     from imagecascade.core.run_lock import exclusive_cascade
     from imagecascade.core.secrets import load_local_secrets, parse_secret_flags
@@ -247,15 +203,16 @@ def _run_cascade(
         with termination_as_interrupt():
             sources = {**load_local_secrets(settings.root), **parse_secret_flags(secret or [], Path.cwd())}
             settings = settings.with_overrides(secrets=sources)
-            current = _placed(compute_plan(settings), backend)
+            current = placed(compute_plan(settings), backend)
             _warn([*current.warnings, *check_before_build(current, selection(current, options))])
-            _check_secret_ids(current, sources)
+            check_secret_ids(current, sources)
             credentials = CredentialResolver()
-            chosen = _backend(backend, settings, current, cloud, credentials)
-            if getattr(chosen, "description", ""):
-                print(f"builder: {chosen.description}", flush=True)
-            current = _with_refusals(current, chosen, settings)
-            store = _store(backend, settings, credentials)
+            chosen = choose_backend(backend, settings, current, cloud, credentials)
+            description = getattr(chosen, "description", "")  # which local builder, when local
+            if description:
+                print(f"builder: {description}", flush=True)
+            current = with_refusals(current, chosen, settings)
+            store = target_store(backend, settings, credentials)
             if options.dry_run:
                 result = run_cascade(current, store, chosen, options)
             else:
@@ -279,7 +236,7 @@ def _run_cascade(
     except OSError as error:  # the lock file under .cache/ cannot be created
         raise Exit(f"error: {error}", code=2) from error
     if options.dry_run:
-        out.print(dry_run_table(result, _why(current, store, result)))
+        out.print(dry_run_table(result, why_missing(current, store, result)))
         for line in refusal_fixes(result):
             out.print(line, markup=False, highlight=False)
         return
@@ -298,52 +255,6 @@ def _run_cascade(
     code, message = result.verdict()
     if code:
         raise Exit(message, code=code)
-
-
-def _plan_refusals(current: Any, backend: str, settings: Settings) -> Any:
-    """For `invoke plan`: what stops each image where it would be built (the local builder's
-    Dockerfile and secret reasons, or Cloud Build's secret reasons), connecting to nothing."""
-    from imagecascade.cloud.submission import secret_refusals
-    from imagecascade.core.placement import builds_on
-    from imagecascade.engines.buildkit import choose_local_builder
-
-    local = {image.name for image in current.images if builds_on(image.spec, backend) == "local"}
-    builder = choose_local_builder(settings) if local else None
-    return current.with_refusals(
-        {
-            image.name: builder.refusal(image, settings)
-            if builder and image.name in local
-            else secret_refusals(image, settings)
-            for image in current.images
-        }
-    )
-
-
-def _with_refusals(plan: Any, backend: Any, settings: Settings) -> Any:
-    """The plan with what `backend` cannot build here (Dockerfile syntax, secrets): refused up front."""
-    return plan.with_refusals({image.name: backend.refusal(image, settings) for image in plan.images})
-
-
-def _check_secret_ids(plan: Any, sources: dict[str, Any]) -> None:
-    """A secret given for an id no image declares is a typo: say so instead of ignoring it."""
-    declared = {key for image in plan.images for key in image.spec.secrets}
-    unknown = sorted(set(sources) - declared)
-    if unknown:
-        raise ConfigError(
-            f"secret {unknown[0]} ({sources[unknown[0]].origin}): no image declares it "
-            f"(declared: {', '.join(sorted(declared)) or 'none'})"
-        )
-
-
-def _why(plan: Any, store: Any, result: Any) -> dict[str, str]:
-    """For a dry run: what the target holds instead of each missing image, and what changed."""
-    from imagecascade.core.why import why_missing
-
-    missing = [item.name for item in result.results if item.reason.startswith("missing")]
-    try:
-        return why_missing(plan, store.newest_hash, missing, store.description)
-    except BackendError as error:
-        return {name: f"cannot tell why: {error}" for name in missing}
 
 
 _CLOUD_HELP = {
@@ -424,7 +335,7 @@ def cascade(
     secret: list[str] | None = None,
 ) -> None:
     """Build every image missing in the target: parents first, independent lineages in parallel."""
-    from imagecascade.core.cascade import CascadeOptions
+    from imagecascade.core.decisions import CascadeOptions
 
     cloud_settings, cloud = _cloud_flags(locals())
     jobs = _number("jobs", jobs, int)
@@ -462,7 +373,7 @@ def _image_task(name: str, description: str) -> Task[Any]:
         builder: str | None = None,
         secret: list[str] | None = None,
     ) -> None:
-        from imagecascade.core.cascade import CascadeOptions
+        from imagecascade.core.decisions import CascadeOptions
 
         options = CascadeOptions(only=(name,), with_parents=with_parents, force=force, dry_run=dry_run)
         cloud_settings, cloud = _cloud_flags(locals())
@@ -585,7 +496,6 @@ def ref(
 
     from imagecascade.core.plan import compute_plan
     from imagecascade.engines.store import built_references, open_store, pinned, require_built
-    from imagecascade.errors import ConfigError
 
     try:
         current = compute_plan(_settings(registry=registry))

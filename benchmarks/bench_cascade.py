@@ -144,7 +144,7 @@ def invoke(root: Path, *args: str) -> float:
 def docker_build_loop(root: Path, registry: str) -> Callable[[], float]:
     """Plain `docker build` of each image, in order, FROM the exact parent (classic builder)."""
     sys.path.insert(0, str(ROOT))
-    from imagecascade.core.cascade import base_reference
+    from imagecascade.core.build_request import base_reference
     from imagecascade.core.plan import compute_plan
     from imagecascade.core.settings import load_settings
 
@@ -174,7 +174,8 @@ def docker_build_loop(root: Path, registry: str) -> Callable[[], float]:
 def library_noop(root: Path) -> float:
     """The no-op through the library: plan, ask the registry, decide (no interpreter start-up)."""
     sys.path.insert(0, str(ROOT))
-    from imagecascade.core.cascade import CascadeOptions, run_cascade
+    from imagecascade.core.cascade import run_cascade
+    from imagecascade.core.decisions import CascadeOptions
     from imagecascade.core.plan import compute_plan
     from imagecascade.core.settings import load_settings
     from imagecascade.engines.local_backend import LocalBackend

@@ -40,7 +40,7 @@ FAST = Timing(
     upload_chunk_bytes=256 * 1024,
 )
 LABELS = ("org.opencontainers.image.title", "imagecascade.hash")
-# The labels the cascade itself sets (imagecascade.core.cascade.build_request).
+# The labels the cascade itself sets (imagecascade.core.build_request.build_request).
 CASCADE_LABELS = (
     *(f"org.opencontainers.image.{key}" for key in ("revision", "created", "source", "title", "description")),
     "io.imagecascade.freshness-hash",

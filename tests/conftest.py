@@ -247,7 +247,8 @@ class CascadeRepo:
 
     def cascade(self, backend: Any = None, **options: Any) -> Any:
         """Run the cascade through the library; returns the CascadeResult."""
-        from imagecascade.core.cascade import CascadeOptions, run_cascade
+        from imagecascade.core.cascade import run_cascade
+        from imagecascade.core.decisions import CascadeOptions
         from imagecascade.engines.local_backend import LocalBackend
         from imagecascade.engines.store import open_store
 

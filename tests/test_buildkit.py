@@ -23,7 +23,7 @@ import pytest
 from conftest import unavailable
 
 from imagecascade.core.backend import BuildError, BuildEvent
-from imagecascade.core.cascade import Provenance, build_request, now_rfc3339
+from imagecascade.core.build_request import Provenance, build_request, now_rfc3339
 from imagecascade.core.plan import Plan, compute_plan
 from imagecascade.core.secrets import MASK, parse_secret_flags
 from imagecascade.core.settings import load_settings

@@ -28,7 +28,7 @@ from imagecascade.cloud.cloudbuild import CloudBuildBackend
 from imagecascade.cloud.cloudbuild_api import source_object_name
 from imagecascade.cloud.registry_store import cloudbuild_store
 from imagecascade.core.backend import BuildError, BuildEvent, BuildRequest
-from imagecascade.core.cascade import Provenance, build_request
+from imagecascade.core.build_request import Provenance, build_request
 from imagecascade.core.plan import compute_plan
 from imagecascade.core.secrets import parse_secret_flags
 from imagecascade.core.settings import load_settings

@@ -180,7 +180,7 @@ def test_committed_config_is_what_the_backend_submits_for_the_real_plan(name: st
 
     from imagecascade.cloud.submission import build_submission
     from imagecascade.core.build_options import CloudBuildFlags
-    from imagecascade.core.cascade import Provenance, build_request, input_references
+    from imagecascade.core.build_request import Provenance, build_request, input_references
     from imagecascade.core.plan import compute_plan
     from imagecascade.core.settings import load_settings
 

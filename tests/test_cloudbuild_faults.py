@@ -17,7 +17,8 @@ import pytest
 
 from imagecascade.cloud.retry import Timing
 from imagecascade.core.backend import BuildError, BuildEvent
-from imagecascade.core.cascade import CascadeOptions, run_cascade
+from imagecascade.core.cascade import run_cascade
+from imagecascade.core.decisions import CascadeOptions
 from imagecascade.core.plan import compute_plan
 from imagecascade.core.settings import load_settings
 from imagecascade.errors import BackendError

@@ -21,8 +21,9 @@ import pytest
 from docker_oracle import DOCKER_CLI, DOCKER_CLI_2010, image_context, listing
 from image_repo import write_file
 
-from imagecascade.core.cascade import CascadeOptions, run_cascade
+from imagecascade.core.cascade import run_cascade
 from imagecascade.core.context_tar import SIDE_DOCKERFILE
+from imagecascade.core.decisions import CascadeOptions
 from imagecascade.core.plan import compute_plan
 from imagecascade.core.settings import load_settings
 from imagecascade.engines.local_backend import LocalBackend

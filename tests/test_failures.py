@@ -19,7 +19,7 @@ import pytest
 from conftest import CascadeRepo, push_as
 
 from imagecascade.core.backend import BuildError, BuildEvent
-from imagecascade.core.cascade import Provenance, build_request, now_rfc3339
+from imagecascade.core.build_request import Provenance, build_request, now_rfc3339
 from imagecascade.core.plan import compute_plan
 from imagecascade.core.settings import load_settings
 from imagecascade.engines.local_backend import LocalBackend

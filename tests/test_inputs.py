@@ -17,8 +17,10 @@ from image_repo import INPUT_DOCKERFILE, WIRED_DOCKERFILE, write_dag, write_imag
 from test_cascade import FakeBackend, FakeStore
 from test_tasks_core import invoke
 
-from imagecascade.core.cascade import CascadeOptions, Provenance, build_request, run_cascade
+from imagecascade.core.build_request import Provenance, build_request
+from imagecascade.core.cascade import run_cascade
 from imagecascade.core.checks import effective_checks
+from imagecascade.core.decisions import CascadeOptions
 from imagecascade.core.declaration import load_images
 from imagecascade.core.graph import ancestors, dependency_order, descendants, render
 from imagecascade.core.hook import main, write_hashes

@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port
 
 from imagecascade.core.backend import BuildError, BuildEvent, BuildRequest
-from imagecascade.core.cascade import Provenance, build_request, now_rfc3339
+from imagecascade.core.build_request import Provenance, build_request, now_rfc3339
 from imagecascade.core.plan import Plan, compute_plan
 from imagecascade.core.settings import load_settings
 from imagecascade.engines.local_backend import LocalBackend

@@ -121,7 +121,8 @@ def test_why_an_image_is_missing_even_while_the_lock_is_current(cascade_repo: Ca
 
 @pytest.mark.engine
 def test_why_in_the_local_engine_uses_its_newest_image(tmp_path: Path, engine: Any, base_image: str) -> None:
-    from imagecascade.core.cascade import CascadeOptions, run_cascade
+    from imagecascade.core.cascade import run_cascade
+    from imagecascade.core.decisions import CascadeOptions
     from imagecascade.engines.local_backend import LocalBackend
 
     name = f"imagecascade-test-{uuid.uuid4().hex[:10]}"

@@ -22,7 +22,8 @@ import pytest
 from imagecascade.cloud.cloudbuild import CloudBuildBackend
 from imagecascade.cloud.placement import PlacedBackend
 from imagecascade.core.backend import BuildOutcome, BuildRequest
-from imagecascade.core.cascade import CascadeOptions, run_cascade
+from imagecascade.core.cascade import run_cascade
+from imagecascade.core.decisions import CascadeOptions
 from imagecascade.core.placement import placement_refusals
 from imagecascade.core.plan import compute_plan
 from imagecascade.core.settings import load_settings

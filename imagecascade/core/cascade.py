@@ -9,56 +9,27 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import datetime
-import subprocess
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from imagecascade.core.backend import Backend, BuildError, BuildEvent, BuildRequest, ImageStore
+from imagecascade.core.backend import Backend, BuildError, BuildEvent, ImageStore
 from imagecascade.core.build_log import log_path
-from imagecascade.core.graph import ancestors, edges
-from imagecascade.core.plan import Plan, PlannedImage, image_reference
-from imagecascade.core.refusals import describe
+from imagecascade.core.build_request import (
+    Provenance,
+    build_request,
+    now_rfc3339,
+    read_provenance,
+)
+from imagecascade.core.decisions import FORCED, Action, CascadeOptions, Decision, decide, dependency_label
+from imagecascade.core.graph import edges
+from imagecascade.core.plan import Plan
 from imagecascade.errors import INTERRUPTED, BackendError, BuildFailed, ConfigError, NotBuilt
 from imagecascade.signals import interrupt_name
 
-# "parent missing": a selected image's parent or input is outside the selection and not in the target.
-Action = Literal["present", "build", "refused", "blocked", "parent missing"]
 Outcome = Literal["built", "present", "failed", "refused", "blocked", "cancelled", "would build"]
-FORCED = "forced (--force): no layer cache, external bases pulled again"
-LOOKUP_THREADS = 8
-
-LABEL_REVISION = "org.opencontainers.image.revision"
-LABEL_CREATED = "org.opencontainers.image.created"
-LABEL_SOURCE = "org.opencontainers.image.source"
-LABEL_TITLE = "org.opencontainers.image.title"
-LABEL_DESCRIPTION = "org.opencontainers.image.description"
-LABEL_HASH = "io.imagecascade.freshness-hash"
-LABEL_PARENT_HASH = "io.imagecascade.parent-hash"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CascadeOptions:
-    only: tuple[str, ...] = ()  # empty: every image of the plan
-    with_parents: bool = False  # with `only`: also build missing ancestors (parents and inputs)
-    force: bool = False  # rebuild the selected images even when their tag exists
-    jobs: int = 2
-    dry_run: bool = False
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Decision:
-    name: str
-    action: Action
-    reason: str
-    reference: str  # where the image lives: `<repo>:<hash tag>`
-    base_reference: str  # what BASE_IMAGE will be
-    fixes: tuple[str, ...] = ()  # refused: what makes it buildable
-    move_latest: bool = False  # present, but `:latest` points elsewhere or is missing
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -132,223 +103,6 @@ class CascadeResult:
     def unlocked_builds(self, plan: Plan) -> list[str]:
         """Images this run built whose hash images.lock.json does not record."""
         return [name for name in self.names("built") if not plan.get(name).locked]
-
-
-@dataclasses.dataclass(frozen=True)
-class Provenance:
-    revision: str  # commit, `-dirty` when the tree has changes; "unknown" outside git
-    source: str  # the origin remote without credentials, or ""
-
-
-def base_reference(plan: Plan, image: PlannedImage) -> str:
-    """BASE_IMAGE: the parent's exact hash tag in the target, or the base as declared."""
-    if image.spec.parent is None:
-        assert image.spec.base is not None
-        return image.spec.base
-    parent = plan.get(image.spec.parent)
-    return image_reference(parent.name, parent.tag, plan.settings.registry)
-
-
-def selection(plan: Plan, options: CascadeOptions) -> list[str]:
-    """The names a run is about, in dependency order."""
-    names = [image.name for image in plan.images]
-    if not options.only:
-        return names
-    unknown = sorted(set(options.only) - set(names))
-    if unknown:
-        raise ConfigError(f"no such image: {', '.join(unknown)} (images/ has: {', '.join(names)})")
-    chosen = set(options.only)
-    if options.with_parents:
-        for name in options.only:
-            chosen.update(ancestors(plan.specs, name))
-    return [name for name in names if name in chosen]
-
-
-def input_references(plan: Plan, image: PlannedImage) -> dict[str, str]:
-    """Each input's build arg -> that image's exact hash reference in the target (never :latest)."""
-    return {
-        arg: image_reference(name, plan.get(name).tag, plan.settings.registry)
-        for arg, name in image.spec.inputs.items()
-    }
-
-
-def _dependency_label(name: str, how: str) -> str:
-    return f"parent {name}" if how == "parent" else f"{how} {name}"
-
-
-def decide(plan: Plan, store: ImageStore, options: CascadeOptions) -> list[Decision]:
-    """What to do with each selected image, and why. Store errors propagate (BackendError)."""
-    names = selection(plan, options)
-    chosen = set(names)
-    # Parents and inputs outside the selection must be present for an image to build on them.
-    outside = {
-        dependency
-        for name in names
-        for dependency, _ in edges(plan.get(name).spec)
-        if dependency not in chosen
-    }
-    # --force applies to the named images; ancestors added by --with-parents build only when missing.
-    forced = {name for name in names if options.force and (not options.only or name in options.only)}
-    lookups = [name for name in names if name not in forced] + sorted(outside)
-    present = _look_up(plan, store, lookups)
-    # A present image whose `:latest` is elsewhere (an earlier `:latest` push failed, or another
-    # tree built it last) gets `:latest` moved back: no rebuild.
-    keep = [name for name in names if name not in forced and present[name]]
-    latest = _latest_current(plan, store, keep)
-    target = store.description
-    decisions: list[Decision] = []
-    building: set[str] = set()
-    unbuildable: set[str] = set()  # refused or blocked in this run
-    for name in names:
-        image = plan.get(name)
-        reference = image_reference(name, image.tag, plan.settings.registry)
-        base = base_reference(plan, image)
-        dependencies = edges(image.spec)
-        missing = [
-            (dependency, how)
-            for dependency, how in dependencies
-            if dependency not in chosen and not present[dependency]
-        ]
-        wanted = name in forced or not present[name]
-        if missing and wanted:
-            dependency, how = missing[0]
-            decisions.append(
-                Decision(
-                    name=name,
-                    action="parent missing",
-                    reason=f"{_dependency_label(f'{dependency}:{plan.get(dependency).tag}', how)} "
-                    f"is missing in {target}",
-                    reference=reference,
-                    base_reference=base,
-                )
-            )
-            continue
-        rebuilt = [(dependency, how) for dependency, how in dependencies if dependency in building]
-        action: Action
-        fixes: tuple[str, ...] = ()
-        if wanted and image.cannot_build:
-            action, reason = "refused", describe(image.cannot_build)
-            fixes = tuple(refusal.fix for refusal in image.cannot_build)
-        elif wanted and any(dependency in unbuildable for dependency, _ in dependencies):
-            dependency, how = next(item for item in dependencies if item[0] in unbuildable)
-            action, reason = "blocked", f"{_dependency_label(dependency, how)} cannot be built"
-        elif name in forced:
-            action, reason = "build", FORCED
-        elif present[name]:
-            action, reason = "present", f"present in {target}"
-        elif rebuilt:
-            because = ", ".join(_dependency_label(dependency, how) for dependency, how in rebuilt)
-            verb = "is" if len(rebuilt) == 1 else "are"
-            action, reason = "build", f"missing in {target} ({because} {verb} rebuilt)"
-        else:
-            action, reason = "build", f"missing in {target}"
-        if action == "build":
-            building.add(name)
-        elif action in ("refused", "blocked"):
-            unbuildable.add(name)
-        move_latest = action == "present" and not latest.get(name, True)
-        if move_latest:
-            reason += "; :latest points elsewhere or is missing"
-        decisions.append(
-            Decision(
-                name=name,
-                action=action,
-                reason=reason,
-                reference=reference,
-                base_reference=base,
-                fixes=fixes,
-                move_latest=move_latest,
-            )
-        )
-    return decisions
-
-
-def _look_up(plan: Plan, store: ImageStore, names: Sequence[str]) -> dict[str, bool]:
-    return _ask_each(names, lambda name: store.has(name, plan.get(name).tag))
-
-
-def _latest_current(plan: Plan, store: ImageStore, names: Sequence[str]) -> dict[str, bool]:
-    return _ask_each(names, lambda name: store.latest_is(name, plan.get(name).tag))
-
-
-def _ask_each(names: Sequence[str], question: Callable[[str], bool]) -> dict[str, bool]:
-    if not names:
-        return {}
-    workers = min(LOOKUP_THREADS, len(names))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup") as pool:
-        return dict(zip(names, pool.map(question, names), strict=True))
-
-
-def read_provenance(root: Path) -> Provenance:
-    """The git commit (dirty-marked) and origin remote of `root`; "unknown" outside git."""
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return Provenance(revision="unknown", source="")
-    status = git("status", "--porcelain")
-    revision = commit + ("-dirty" if status else "")
-    return Provenance(
-        revision=revision, source=_without_credentials(git("remote", "get-url", "origin") or "")
-    )
-
-
-def _without_credentials(url: str) -> str:
-    if "://" not in url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def build_request(
-    plan: Plan, image: PlannedImage, provenance: Provenance, created: str, *, fresh: bool = False
-) -> BuildRequest:
-    """Everything the backend needs for one image: BASE_IMAGE, labels, both references, the log.
-
-    `fresh` (--force) asks for no layer cache and freshly pulled external bases.
-    """
-    registry = plan.settings.registry
-    sources = plan.settings.secrets
-    base = base_reference(plan, image)
-    labels = {
-        LABEL_REVISION: provenance.revision,
-        LABEL_CREATED: created,
-        LABEL_SOURCE: provenance.source,
-        LABEL_TITLE: image.name,
-        LABEL_DESCRIPTION: image.spec.description,
-        LABEL_HASH: image.hash,
-        LABEL_PARENT_HASH: image.parent_hash if image.parent_hash is not None else base,
-    }
-    return BuildRequest(
-        image=image,
-        base_reference=base,
-        build_args={**image.spec.build_args, **input_references(plan, image), "BASE_IMAGE": base},
-        labels=labels,
-        references=(
-            image_reference(image.name, image.tag, registry),
-            image_reference(image.name, "latest", registry),
-        ),
-        registry=registry,
-        secrets={key: sources[key] for key in image.spec.secrets if key in sources},
-        log_path=log_path(plan.settings.root, image.name, image.tag),
-        fresh=fresh,
-    )
 
 
 def run_cascade(
@@ -555,7 +309,7 @@ class _Scheduler:
                 pending.remove(name)
                 dependency, how, outcome = unbuilt[0]
                 verb = "failed" if outcome == "failed" else "was not built"
-                self._finish_unstarted(name, "blocked", f"{_dependency_label(dependency, how)} {verb}")
+                self._finish_unstarted(name, "blocked", f"{dependency_label(dependency, how)} {verb}")
                 continue
             if any(dependency in pending or dependency in in_flight for dependency, _ in dependencies):
                 continue  # waits for its parent and its inputs

@@ -1,6 +1,7 @@
-"""Values the engine's container verbs return, and the pure helpers that make them.
+"""Values the engine's verbs return and raise (images, containers, pushes), and the pure rules
+that make them: how a refused build request counts, what an engine error says without its URL.
 
-No docker import: the smoke layer uses these types without loading the docker SDK.
+No docker import: the smoke layer and the backends use these without loading the docker SDK.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any, Literal, Protocol
+
+from imagecascade.core.backend import BuildError
+from imagecascade.core.build_log import shorten
+from imagecascade.errors import BackendError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,3 +125,90 @@ def engine_message(response: Any) -> str:
         return str(json.loads(response.content).get("message", ""))
     except (ValueError, AttributeError):
         return str(response.text[:500])
+
+
+class PushStopped(Exception):
+    """A push given up because the run was cancelled (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(f"push of {reference} stopped")
+        self.reference = reference
+
+
+class PushStalled(Exception):
+    """A push given up because the engine reported no progress for `seconds`."""
+
+    def __init__(self, reference: str, seconds: float) -> None:
+        super().__init__(f"push of {reference} made no progress for {seconds:g} s")
+        self.reference = reference
+        self.seconds = seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What the engine knows about one local image."""
+
+    id: str
+    labels: dict[str, str]
+    config: dict[str, Any]
+    size: int = 0  # bytes, as `docker images` counts them
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalImage:
+    """One image in the engine's store, as listed: its tags, labels and creation time (RFC 3339)."""
+
+    id: str
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    created: str
+    size: int = 0  # bytes, layers shared with other images included
+
+
+# Build request refusals that belong to the image, not to the engine: its Dockerfile, its size.
+IMAGE_FAULTS = {
+    400: "the engine refused the build",
+    413: "the build request is too large for the engine",
+    414: "the build request's URL is too long for the engine (build args and labels travel in it)",
+    431: "the build request is too large for the engine (HTTP 431): build args and labels travel in the "
+    "request URL, which the engine limits to about 1 MB; put large values in a file of the build context",
+}
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+")
+
+
+def build_refusal(status: int | None, explanation: str) -> BuildError | BackendError:
+    """How an engine's refusal of a build request counts: BuildError when it is the image's own
+    fault (its Dockerfile, build args too large: HTTP 400, 413, 414, 431), else BackendError."""
+    if status == 400:
+        return BuildError(f"{IMAGE_FAULTS[400]}: {explanation}")
+    if status in IMAGE_FAULTS:
+        return BuildError(IMAGE_FAULTS[status])
+    return BackendError(f"Docker Engine: cannot build: {explanation}")
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost OS-level reason (`No such file or directory`), else the error's own words."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for candidate in (current, *(arg for arg in current.args if isinstance(arg, BaseException))):
+            if isinstance(candidate, OSError) and candidate.strerror:
+                return candidate.strerror
+        nested = [arg for arg in current.args if isinstance(arg, BaseException)]
+        current = current.__cause__ or current.__context__ or (nested[0] if nested else None)
+    return shorten(without_url(str(error)), 200)
+
+
+def without_url(text: str) -> str:
+    """`text` with every URL replaced by `<url>` (the SDK's errors carry request URLs with build args)."""
+    text = _URL.sub("<url>", text)
+    return re.sub(r"with url: \S+", "with url: <url>", text)
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """`repo[:tag]` → (repo, tag); a colon inside the registry host is not a tag."""
+    repository, _, tag = reference.rpartition(":")
+    if not repository or "/" in tag:
+        return reference, "latest"
+    return repository, tag

@@ -7,10 +7,8 @@ private-range addresses), and engine failures raise BackendError, never "missing
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import http.client
-import re
 import socket
 import tarfile
 import threading
@@ -30,57 +28,27 @@ from imagecascade.core.backend import BuildError
 from imagecascade.core.build_log import shorten
 from imagecascade.engines.containers import (
     ContainerSummary,
+    ImageInfo,
+    LocalImage,
     PathError,
     PathStat,
+    PushStalled,
+    PushStopped,
+    build_refusal,
     clean_engine_path,
     engine_message,
     path_stat_from_archive,
     read_head,
     read_tail,
+    root_cause,
+    split_reference,
+    without_url,
 )
 from imagecascade.engines.gpu import GpuAccess
 from imagecascade.errors import BackendError
 
 if TYPE_CHECKING:
     from imagecascade.engines.credentials import CredentialResolver
-
-
-class PushStopped(Exception):
-    """A push given up because the run was cancelled (Ctrl-C, SIGTERM)."""
-
-    def __init__(self, reference: str) -> None:
-        super().__init__(f"push of {reference} stopped")
-        self.reference = reference
-
-
-class PushStalled(Exception):
-    """A push given up because the engine reported no progress for `seconds`."""
-
-    def __init__(self, reference: str, seconds: float) -> None:
-        super().__init__(f"push of {reference} made no progress for {seconds:g} s")
-        self.reference = reference
-        self.seconds = seconds
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageInfo:
-    """What the engine knows about one local image."""
-
-    id: str
-    labels: dict[str, str]
-    config: dict[str, Any]
-    size: int = 0  # bytes, as `docker images` counts them
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalImage:
-    """One image in the engine's store, as listed: its tags, labels and creation time (RFC 3339)."""
-
-    id: str
-    tags: tuple[str, ...]
-    labels: dict[str, str]
-    created: str
-    size: int = 0  # bytes, layers shared with other images included
 
 
 # The json-file log of a smoke container is cut at this size on the host's disk.
@@ -106,7 +74,7 @@ class Engine:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
             where = connection.get("base_url") or "unix:///var/run/docker.sock"
             raise BackendError(
-                f"Docker Engine: cannot connect to {where} ({_root_cause(error)}); "
+                f"Docker Engine: cannot connect to {where} ({root_cause(error)}); "
                 "start dockerd or set DOCKER_HOST"
             ) from None
         return cls(client, connection)
@@ -340,7 +308,7 @@ class Engine:
             except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
                 # Their text can hold the request URL, and with it every build arg: never print it.
                 raise BackendError(
-                    f"Docker Engine: cannot start a build: {shorten(_without_url(str(error)))}"
+                    f"Docker Engine: cannot start a build: {shorten(without_url(str(error)))}"
                 ) from None
             except docker.credentials.StoreError as error:  # the SDK lists every helper's credentials
                 raise BackendError(
@@ -358,7 +326,7 @@ class Engine:
                 if cancelled.is_set():
                     return
                 raise BackendError(
-                    f"Docker Engine: the build stream broke off: {shorten(_without_url(str(error)))}"
+                    f"Docker Engine: the build stream broke off: {shorten(without_url(str(error)))}"
                 ) from None
         finally:
             finished.set()
@@ -510,27 +478,10 @@ _STREAM_ERRORS = (
 )
 
 
-# Build request refusals that belong to the image, not to the engine: its Dockerfile, its size.
-_IMAGE_FAULTS = {
-    400: "the engine refused the build",
-    413: "the build request is too large for the engine",
-    414: "the build request's URL is too long for the engine (build args and labels travel in it)",
-    431: "the build request is too large for the engine (HTTP 431): build args and labels travel in the "
-    "request URL, which the engine limits to about 1 MB; put large values in a file of the build context",
-}
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+")
-
-
 def _build_api_error(error: docker.errors.APIError) -> BuildError | BackendError:
     """BuildError when the engine refused the build request for the image's own fault, else
     BackendError; either way one short line, without the request URL."""
-    status = error.status_code
-    explanation = _engine_words(error)
-    if status == 400:
-        return BuildError(f"{_IMAGE_FAULTS[400]}: {explanation}")
-    if status in _IMAGE_FAULTS:
-        return BuildError(_IMAGE_FAULTS[status])
-    return BackendError(f"Docker Engine: cannot build: {explanation}")
+    return build_refusal(error.status_code, _engine_words(error))
 
 
 def _engine_words(error: docker.errors.APIError) -> str:
@@ -539,26 +490,7 @@ def _engine_words(error: docker.errors.APIError) -> str:
     if isinstance(explanation, bytes):
         explanation = explanation.decode("utf-8", "replace")
     text = str(explanation or "").strip() or f"HTTP {error.status_code}"
-    return shorten(_without_url(text))
-
-
-def _root_cause(error: BaseException) -> str:
-    """The innermost OS-level reason (`No such file or directory`), else the error's own words."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        for candidate in (current, *(arg for arg in current.args if isinstance(arg, BaseException))):
-            if isinstance(candidate, OSError) and candidate.strerror:
-                return candidate.strerror
-        nested = [arg for arg in current.args if isinstance(arg, BaseException)]
-        current = current.__cause__ or current.__context__ or (nested[0] if nested else None)
-    return shorten(_without_url(str(error)), 200)
-
-
-def _without_url(text: str) -> str:
-    text = _URL.sub("<url>", text)
-    return re.sub(r"with url: \S+", "with url: <url>", text)
+    return shorten(without_url(text))
 
 
 @contextlib.contextmanager
@@ -568,14 +500,6 @@ def _engine_errors(what: str) -> Iterator[None]:
         yield
     except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
         raise BackendError(f"Docker Engine: {what}: {error}") from error
-
-
-def split_reference(reference: str) -> tuple[str, str]:
-    """`repo[:tag]` → (repo, tag); a colon inside the registry host is not a tag."""
-    repository, _, tag = reference.rpartition(":")
-    if not repository or "/" in tag:
-        return reference, "latest"
-    return repository, tag
 
 
 class _StreamingClient(docker.APIClient):  # type: ignore[misc]

@@ -219,7 +219,7 @@ class LocalBackend:
         self, request: BuildRequest, reference: str, cancelled: threading.Event
     ) -> tuple[str | None, str | None]:
         """Push one reference with the resolver's credentials, bounded by push_timeout and Ctrl-C."""
-        from imagecascade.engines.engine import PushStalled, PushStopped
+        from imagecascade.engines.containers import PushStalled, PushStopped
         from imagecascade.engines.registry import RepositoryRef
 
         host = RepositoryRef.parse(reference).host

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from imagecascade.core.cascade import LABEL_HASH, LABEL_TITLE
+from imagecascade.core.build_request import LABEL_HASH, LABEL_TITLE
 from imagecascade.core.freshness import short_hash
 from imagecascade.core.plan import Plan
 from imagecascade.engines.engine import Engine

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from imagecascade.core.backend import ImageStore
-from imagecascade.core.cascade import LABEL_HASH
+from imagecascade.core.build_request import LABEL_HASH
 from imagecascade.core.plan import LATEST_ELSEWHERE, Plan, image_reference
 from imagecascade.core.why import why_missing
 from imagecascade.errors import BackendError, ConfigError, NotBuilt

@@ -31,7 +31,7 @@ from imagecascade.smoke.session import ContainerEngine, SmokeSession, remove_lef
 
 if TYPE_CHECKING:
     from imagecascade.core.settings import Settings
-    from imagecascade.engines.engine import ImageInfo
+    from imagecascade.engines.containers import ImageInfo
 
 STARTUP_ALLOWANCE_SECONDS = 30
 # Reading many files through the engine, a slow engine: time a live run may need beyond its limits.

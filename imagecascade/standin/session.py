@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 
 from imagecascade.core.backend import BuildEvent
 from imagecascade.core.build_log import LOG_DIR
-from imagecascade.core.cascade import CascadeOptions, CascadeResult, run_cascade
+from imagecascade.core.cascade import CascadeResult, run_cascade
+from imagecascade.core.decisions import CascadeOptions
 from imagecascade.core.plan import Plan, compute_plan
 from imagecascade.core.secrets import SecretSource
 from imagecascade.core.settings import load_settings
