@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from imagecascade.core.checks import SmokeChecks, parse_smoke_checks
 from imagecascade.core.python_locks import PythonLock, parse_python_locks
 from imagecascade.core.secrets import check_id
 from imagecascade.core.settings import Settings
+from imagecascade.core.tomlfile import read_toml
 from imagecascade.errors import ConfigError
 
 DECLARATION_FILE = "image.toml"
@@ -116,15 +116,6 @@ def is_pinned(reference: str) -> bool:
     return bool(_DIGEST.search(reference))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from error
-
-
 def _string(path: Path, data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
@@ -191,7 +182,7 @@ def load_image(folder: Path, root: Path) -> ImageSpec:
     declaration = folder / DECLARATION_FILE
     if not declaration.is_file():
         raise ConfigError(f"{declaration}: missing (every image folder needs an {DECLARATION_FILE})")
-    data = _read_toml(declaration)
+    data = read_toml(declaration)
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise ConfigError(

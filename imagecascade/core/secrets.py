@@ -13,11 +13,11 @@ import dataclasses
 import os
 import re
 import subprocess
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
+from imagecascade.core.tomlfile import read_toml
 from imagecascade.errors import ConfigError
 
 LOCAL_SETTINGS_FILE = "cascade.local.toml"
@@ -155,12 +155,7 @@ def load_local_secrets(root: Path) -> dict[str, SecretSource]:
             f"{path}: is committed to git; it names one person's secret sources and must stay local "
             f"(git rm --cached {LOCAL_SETTINGS_FILE} and add it to .gitignore)"
         )
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from error
+    data = read_toml(path)
     unknown = sorted(set(data) - {"secrets"})
     if unknown:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}] (known: secrets)")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from imagecascade.core.build_options import check_options, normalised
 from imagecascade.core.secrets import SecretSource, check_secret_version
+from imagecascade.core.tomlfile import read_toml
 from imagecascade.errors import ConfigError
 
 SETTINGS_FILE = "cascade.toml"
@@ -131,12 +131,7 @@ def load_settings(root: Path) -> Settings:
     path = root / SETTINGS_FILE
     if not path.exists():
         return Settings(root=root)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from error
+    data = read_toml(path)
     values: dict[str, Any] = {}
     for section, content in data.items():
         if section not in _KNOWN:
