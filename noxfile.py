@@ -31,14 +31,14 @@ def run_keeping_exit_code(session: nox.Session, *args: str, env: dict[str, str] 
 def tests(session: nox.Session) -> None:
     """Run the test suite without the trainer's torch tests (arguments after `--` go to pytest)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-m", "not torch", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "not torch", *session.posargs)
 
 
 @nox.session
 def trainer(session: nox.Session) -> None:
     """Run the tests that need torch (the trainer's host tests) with the trainer extra installed."""
     session.install("-e", ".[dev,trainer]")
-    session.run("pytest", "-m", "torch", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "torch", *session.posargs)
 
 
 @nox.session

@@ -127,3 +127,18 @@ def test_nox_smoke_keeps_the_exit_code(tmp_path: Path, docker_host: str, code: i
     )
     assert done.returncode == code, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Docker Engine: cannot connect" in done.stdout + done.stderr
+
+
+def test_a_bare_pytest_collects_every_test_module() -> None:
+    """`nox -s tests` and a plain `pytest` start pytest without the repository on sys.path; the
+    tests' own helpers (`tests.image_repo`, ...) must still import."""
+    pytest_command = Path(sys.executable).with_name("pytest")
+    done = subprocess.run(
+        [str(pytest_command), "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "error" not in done.stdout.splitlines()[-1].lower()
