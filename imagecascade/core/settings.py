@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -105,10 +106,47 @@ class Settings:
         """Apply command-line flags; None means the flag was not given."""
         given = {key: value for key, value in overrides.items() if value is not None}
         if "registry" in given:
-            given["registry"] = str(given["registry"]).rstrip("/")
+            given["registry"] = check_registry(str(given["registry"]).rstrip("/"), "--registry")
         if "builder" in given:
             check_builder(str(given["builder"]), "--builder")
         return dataclasses.replace(self, **given)
+
+
+# Docker's reference grammar (distribution/reference, regexp.go): a registry host, then lowercase
+# path components separated by `/`.
+_DOMAIN = re.compile(
+    r"^(?:localhost|\[[0-9a-fA-F:.]+\]|(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+    r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*)(?::[0-9]+)?$"
+)
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+
+
+def check_registry(value: str, where: str) -> str:
+    """`value` when `<value>/<image>:<tag>` is a valid image reference, else ConfigError naming `where`.
+
+    `value` is `HOST[:PORT][/PATH...]` (e.g. `us-docker.pkg.dev/project/repo`, `127.0.0.1:5000/team`)
+    or a Docker Hub namespace; the rule is Docker's own reference grammar (distribution/reference):
+    path components are lowercase letters and digits joined by `.`, `_`, `__` or dashes.
+    """
+    if "://" in value:
+        raise ConfigError(
+            f"{where}: {value!r}: write the registry without a scheme, e.g. "
+            f"{value.split('://', 1)[1] or '127.0.0.1:5000/team'!r}"
+        )
+    parts = value.split("/")
+    first = parts[0]
+    # The image name always follows, so a first part that looks like a host is one (as in Docker).
+    host = "." in first or ":" in first or first == "localhost" or first.startswith("[")
+    if host and not _DOMAIN.match(first):
+        raise ConfigError(f"{where}: {value!r}: {first!r} is not a registry host[:port]")
+    for component in parts[1:] if host else parts:
+        if not _PATH_COMPONENT.match(component):
+            why = "must be lowercase" if component.lower() != component else "is not a valid path component"
+            raise ConfigError(
+                f"{where}: {value!r}: repository path {component!r} {why} "
+                "(lowercase letters and digits, joined by '.', '_' or '-')"
+            )
+    return value
 
 
 def check_builder(value: str, where: str) -> str:
@@ -149,7 +187,7 @@ def load_settings(root: Path) -> Settings:
                 raise ConfigError(f"{path}: {section}.{key} must be a {kind}")
             values[field] = float(value) if isinstance(value, int | float) and expected is float else value
     if "registry" in values:
-        values["registry"] = values["registry"].rstrip("/")
+        values["registry"] = check_registry(values["registry"].rstrip("/"), f"{path}: registry.url")
     if values.get("jobs", 1) < 1:
         raise ConfigError(f"{path}: build.jobs must be at least 1")
     if values.get("secret_files", "warn") not in ("warn", "error"):
