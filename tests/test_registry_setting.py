@@ -32,6 +32,7 @@ CASES = [
 
 @pytest.mark.parametrize(("value", "valid"), CASES)
 def test_the_registry_follows_dockers_reference_grammar(value: str, valid: bool) -> None:
+    assert check_registry("", "--registry") == ""  # not configured
     if valid:
         assert check_registry(value, "--registry") == value
     else:

@@ -24,8 +24,10 @@ from types import TracebackType
 from typing import IO, Literal
 
 from imagecascade.core.backend import BuildEvent
+from imagecascade.core.settings import BUILD_LOG_DIR
+from imagecascade.core.workdirs import ensure_private_dir
 
-LOG_DIR = "reports/build-logs"
+LOG_DIR = BUILD_LOG_DIR
 TAIL_LINES = 30
 STDERR_LINES = 10
 Stream = Literal["stdout", "stderr"]
@@ -87,7 +89,7 @@ class BuildLog:
 
     def __enter__(self) -> BuildLog:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self.path.parent)
             self._file = self.path.open("a", encoding="utf-8", errors="replace")
             self._write(f"# imagecascade: build of {self._title} started {_now()}")
         return self

@@ -83,6 +83,9 @@ class _Walk:
         self._links: list[ContextEntry] = []
         self._folders: list[str] = []  # not excluded: listed unless something below is sent
         self._filled: set[str] = set()  # folders with something sent below them
+        # Folders holding one of this tool's own files (never sent): such a folder with nothing
+        # else in it counts as absent, so the tool's output never moves a hash.
+        self._hold_skipped: set[str] = set()
         self._inodes: dict[tuple[int, int], list[str]] = {}  # names of files with st_nlink > 1
 
     def run(self, root: str) -> None:
@@ -102,6 +105,7 @@ class _Walk:
             sent_here = False
             for entry in entries:
                 if entry.path in self._skip:
+                    self._hold_skipped.add(prefix[:-1])
                     continue
                 relative = prefix + entry.name
                 try:
@@ -156,7 +160,8 @@ class _Walk:
             result.append(ContextEntry(first, "file", executable, digests[absolute]))
             result += [ContextEntry(name, "hardlink", executable, first) for name in others]
         result += self._links
-        result += [ContextEntry(path, "dir") for path in self._folders if path not in self._filled]
+        left_out = self._filled | self._hold_skipped
+        result += [ContextEntry(path, "dir") for path in self._folders if path not in left_out]
         result.sort(key=lambda entry: entry.path)
         return result
 

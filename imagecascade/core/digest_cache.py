@@ -18,6 +18,8 @@ import re
 import time
 from pathlib import Path
 
+from imagecascade.core.workdirs import ensure_private_dir
+
 # Coarsest mtime granularity we expect on a checkout's filesystem (FAT-like: 2 s).
 RACY_WINDOW_NS = 2_000_000_000
 # Entries are flat strings "size mtime_ns ino ctime_ns digest": ten thousand small lists would
@@ -111,7 +113,7 @@ class DigestCache:
         if not self._dirty and len(self._fresh) == len(self._entries):
             return
         try:
-            self._location.parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self._location.parent)
             temporary = self._location.with_suffix(f".{os.getpid()}.tmp")
             body = json.dumps(self._fresh, separators=(",", ":")).encode()
             header = json.dumps({"format": _FORMAT, "sha256": hashlib.sha256(body).hexdigest()})

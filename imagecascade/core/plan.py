@@ -11,7 +11,7 @@ from imagecascade.core.digest_cache import DigestCache
 from imagecascade.core.freshness import ImageInputs, collect_inputs, freshness_hash, short_hash
 from imagecascade.core.lock import LockEntry, entry_for, explain, read_lock
 from imagecascade.core.refusals import Refusal, declaration_refusals, describe
-from imagecascade.core.settings import Settings
+from imagecascade.core.settings import BUILD_LOG_DIR, SMOKE_JUNIT_FILE, Settings
 from imagecascade.errors import ConfigError
 
 FIX_COMMAND = "invoke hashes --write"
@@ -108,11 +108,16 @@ def compute_plan(settings: Settings, *, use_cache: bool = True, ignore_broken_lo
     cache = DigestCache(settings.cache_dir / "digests.json" if use_cache else None)
     if cache.warning:
         warnings.append(cache.warning)
-    # Never sent, whatever the context: this tool's cache, its lock and git's own folder, which
-    # change on every run or commit and would make a repository-root context never settle.
-    skip = frozenset(
-        str(path.resolve()) for path in (settings.cache_dir, settings.lock_path, settings.root / ".git")
+    # Never sent, whatever the context: this tool's cache, lock, build logs and smoke report, and
+    # git's own folder, which change on every run or commit and would make a repository-root
+    # context never settle.
+    own = (
+        settings.cache_dir,
+        settings.lock_path,
+        settings.root / BUILD_LOG_DIR,
+        settings.root / SMOKE_JUNIT_FILE,
     )
+    skip = frozenset(str(path.resolve()) for path in (*own, settings.root / ".git"))
     hashes: dict[str, str] = {}
     planned: list[PlannedImage] = []
     for name, spec in specs.items():

@@ -16,6 +16,8 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from imagecascade.core.workdirs import ensure_private_dir
+
 LOCK_NAME = "cascade.lock"
 
 
@@ -27,7 +29,7 @@ def exclusive_cascade(cache_dir: Path, on_wait: Callable[[str], None]) -> Iterat
     the lock is free; Ctrl-C (or SIGTERM turned into one) ends the wait with KeyboardInterrupt.
     Raises OSError when the folder or file cannot be created.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(cache_dir)
     path = cache_dir / LOCK_NAME
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

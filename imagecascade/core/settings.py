@@ -17,6 +17,9 @@ SETTINGS_FILE = "cascade.toml"
 IMAGES_DIR = "images"
 LOCK_FILE = "images.lock.json"
 CACHE_DIR = ".cache/imagecascade"
+# What the tool writes into the repository besides its cache: never part of any build context.
+BUILD_LOG_DIR = "reports/build-logs"
+SMOKE_JUNIT_FILE = "reports/smoke-junit.xml"
 SecretFiles = Literal["warn", "error"]
 DEFAULT_PUSH_TIMEOUT = 300.0  # seconds a push may go without progress
 
@@ -128,6 +131,8 @@ def check_registry(value: str, where: str) -> str:
     or a Docker Hub namespace; the rule is Docker's own reference grammar (distribution/reference):
     path components are lowercase letters and digits joined by `.`, `_`, `__` or dashes.
     """
+    if not value:
+        return value  # not configured: images stay in the local engine
     if "://" in value:
         raise ConfigError(
             f"{where}: {value!r}: write the registry without a scheme, e.g. "

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagecascade.core.settings import SMOKE_JUNIT_FILE
 from imagecascade.errors import INTERRUPTED, CascadeError, ConfigError
 from imagecascade.signals import interrupt_name, termination_as_interrupt
 from imagecascade.smoke.runner import NO_CHECKS, SmokeEvent, SmokeTarget, find_targets, run_smoke
@@ -19,7 +20,7 @@ from imagecascade.smoke.runner import NO_CHECKS, SmokeEvent, SmokeTarget, find_t
 if TYPE_CHECKING:
     from imagecascade.smoke.results import ImageReport
 
-JUNIT_PATH = Path("reports") / "smoke-junit.xml"
+JUNIT_PATH = Path(SMOKE_JUNIT_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
