@@ -67,6 +67,8 @@ def hashes(c: Context, write: bool = False, check: bool = False) -> None:
         raise _fail(error) from error
     if code:
         raise Exit(code=code)
+    if not write:
+        print("images.lock.json: current")  # the hook stays silent on success; a person asked
 
 
 @task(
@@ -94,7 +96,7 @@ def plan(
 
     Exits 3 when a build state is unknown (the engine or registry could not answer), unless --offline.
     """
-    from imagecascade.assembly import check_backend, placed, plan_refusals
+    from imagecascade.assembly import check_backend, check_secret_ids, placed, plan_refusals
     from imagecascade.core.build_checks import check_before_build
     from imagecascade.core.plan import compute_plan, plan_document
     from imagecascade.core.secrets import load_local_secrets
@@ -102,9 +104,11 @@ def plan(
     try:
         check_backend(backend)
         settings = _settings(registry=registry, builder=builder, cloudbuild_project=project)
-        settings = settings.with_overrides(secrets=load_local_secrets(settings.root))
+        sources = load_local_secrets(settings.root)
+        settings = settings.with_overrides(secrets=sources)
         current = placed(compute_plan(settings), backend)
         warnings = [*current.warnings, *check_before_build(current)]
+        check_secret_ids(current, sources)  # a typo in cascade.local.toml: as `invoke cascade` says
         current = plan_refusals(current, backend, settings)
     except CascadeError as error:
         raise _fail(error) from error
@@ -123,10 +127,12 @@ def plan(
         document["build_state_error"] = states.problem
         print(json.dumps(document, indent=2))
     else:
-        from imagecascade.rendering.terminal import console, plan_table
+        from imagecascade.rendering.terminal import console, plan_fixes, plan_table
 
         out = console()
         out.print(plan_table(current, states.states, backend))
+        for line in plan_fixes(current, states.states):
+            out.print(line, markup=False, highlight=False)
         for name in current.removed:
             out.print(f"[red]{name}[/]: recorded in the lock file but images/{name} is gone")
     if states.problem:  # said once, however many images it hides; scripts see exit 3
@@ -239,6 +245,9 @@ def _run_cascade(
         out.print(dry_run_table(result, why_missing(current, store, result)))
         for line in refusal_fixes(result):
             out.print(line, markup=False, highlight=False)
+        code, message = result.verdict()  # a refused image: exit 2, as the real run would
+        if code:
+            raise Exit(message, code=code)
         return
     out.print(summary_table(result))
     for line in failure_logs(result):
@@ -508,8 +517,7 @@ def ref(
         found = built_references(current, store, [image] if image else names, digest=digest)
         if json_:
             print(json.dumps([dataclasses.asdict(item) for item in found], indent=2))
-        for item in found:
-            require_built(item, store.description)
+        require_built(found, store.description)  # exit 4 naming every image not built
         if not json_:
             print(pinned(found[0]))
     except CascadeError as error:

@@ -163,7 +163,7 @@ def test_cache_mount_chmod_and_secret_through_invoke_and_the_secret_is_nowhere(
     write_file(secret, f"rotated-{uuid.uuid4().hex}")
     again = invoke(root, "cascade", "--builder", "buildkit", "--secret", f"id=token,src={secret}")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"{name}: present in local engine" in again.stdout and "building" not in again.stdout
+    assert f"{name}: present in the local engine" in again.stdout and "building" not in again.stdout
     assert compute_plan(load_settings(root), use_cache=False).get(name).hash == image.hash
 
 

@@ -136,7 +136,7 @@ BAD_INPUTS = [
         "images/a/Dockerfile",
         "unterminated heredoc",
     ),
-    ("invalid settings", _write("cascade.toml", "[registry]\nurl = 5\n"), "cascade.toml", "must be a str"),
+    ("invalid settings", _write("cascade.toml", "[registry]\nurl = 5\n"), "cascade.toml", "must be a string"),
     (
         "bad base reference",
         _write("images/a/image.toml", 'base = "Not A Ref"\n'),

@@ -150,7 +150,7 @@ def test_why_in_the_local_engine_uses_its_newest_image(tmp_path: Path, engine: A
         commit = git(root, "rev-parse", "--short", "HEAD")
         assert (state, why) == (
             "missing",
-            f"local engine has {plan.images[0].tag} (images.lock.json at {commit}): changed x.txt",
+            f"the local engine has {plan.images[0].tag} (images.lock.json at {commit}): changed x.txt",
         )
     finally:
         for image in engine.list_images(name):

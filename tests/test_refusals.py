@@ -144,6 +144,10 @@ def test_plan_marks_images_that_cannot_build(tmp_path: Path) -> None:
         if [cell.strip() for cell in line.split("│")[1:2]] == ["a1"]
     )
     assert "cannot build: build arg SHA is empty" in line
+    # Below the table, unwrapped: each reason with its fix, as `invoke cascade` prints them.
+    assert "a1: cannot build: build arg SHA is empty; fix: set build_args.SHA in images/a1/image.toml" in (
+        listed.stdout.splitlines()
+    )
     document = json.loads(invoke(root, "plan", "--json", "--offline").stdout)
     by_name = {item["name"]: item for item in document["images"]}
     assert by_name["a1"]["cannot_build"] == [
@@ -173,3 +177,21 @@ def test_invoke_cascade_refuses_up_front_and_builds_the_rest(cascade_repo: Casca
     assert "error: cannot build: mid; blocked: leaf" in done.stderr
     built = {reference.rsplit("/", 1)[1].split(":")[0] for reference in cascade_repo.built_references()}
     assert built == {"root", "other"}
+
+
+def test_a_dry_run_exits_as_the_real_run_would_when_an_image_is_refused(tmp_path: Path) -> None:
+    root = write_cascade(tmp_path / "repo")
+    assert run(_plan(root), FakeBackend(), dry_run=True).verdict() == (0, "")
+    write_image(root, "a1", REFUSED_A1, {"a1.txt": "a1"})
+    code, message = run(_plan(root), FakeBackend(), dry_run=True).verdict()
+    assert code == 2
+    assert message.startswith("error: cannot build: a1; blocked: a1x; the rest would be built (dry run)")
+
+
+def test_plan_refuses_a_secret_source_no_image_declares(tmp_path: Path) -> None:
+    root = write_cascade(tmp_path / "repo")
+    (root / "cascade.local.toml").write_text('[secrets]\ntypo = { env = "HOME" }\n')
+    listed = invoke(root, "plan", "--offline")
+    assert listed.returncode == 2
+    assert listed.stderr.startswith("error: secret typo (cascade.local.toml")
+    assert "no image declares it" in listed.stderr

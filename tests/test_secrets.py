@@ -195,7 +195,7 @@ def test_secret_values_and_declarations_never_move_the_hash(tmp_path: Path) -> N
     ("text", "message"),
     [
         ('[build]\nbuilder = "kaniko"\n', "unknown builder 'kaniko'"),
-        ("[build]\ndocker_cli = 3\n", "build.docker_cli must be a str"),
+        ("[build]\ndocker_cli = 3\n", "build.docker_cli must be a string"),
         ('[cloudbuild]\nsecrets = "x"\n', "cloudbuild.secrets must be a table"),
         (
             '[cloudbuild.secrets]\ntok = "my-secret"\n',

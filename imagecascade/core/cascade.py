@@ -26,7 +26,7 @@ from imagecascade.core.build_request import (
 from imagecascade.core.decisions import FORCED, Action, CascadeOptions, Decision, decide, dependency_label
 from imagecascade.core.graph import edges
 from imagecascade.core.plan import Plan
-from imagecascade.errors import INTERRUPTED, BackendError, BuildFailed, ConfigError, NotBuilt
+from imagecascade.errors import INTERRUPTED, BackendError, BuildFailed, CascadeError, ConfigError, NotBuilt
 from imagecascade.signals import interrupt_name
 
 Outcome = Literal["built", "present", "failed", "refused", "blocked", "cancelled", "would build"]
@@ -53,6 +53,7 @@ class CascadeResult:
     cancelled: bool = False
     backend_error: str = ""  # set when the engine or registry failed mid-run
     interrupted_by: str = ""  # SIGINT, SIGTERM or SIGHUP when a signal stopped the run
+    dry_run: bool = False  # nothing was built: outcomes say what a real run would do
 
     @property
     def ok(self) -> bool:
@@ -73,7 +74,10 @@ class CascadeResult:
 
     def verdict(self) -> tuple[int, str]:
         """(exit code, one line for the user): 0 all built or present, 3 the engine, a registry or a
-        cloud service failed, 130 interrupted, 1 a build failed, 2 only refusals (cannot build)."""
+        cloud service failed, 130 interrupted, 1 a build failed, 2 only refusals (cannot build).
+
+        A dry run answers as the real run would for what it can know: 2 when an image would be
+        refused, else 0."""
         if self.backend_error:
             return BackendError.exit_code, f"error: stopped: {self.backend_error}"
         if self.cancelled:
@@ -95,9 +99,10 @@ class CascadeResult:
                 f"error: failed: {', '.join(failed)}{listed}{refusals}. "
                 "Fix and rerun: only what is still missing is built."
             )
+        rest = "the rest would be built (dry run)" if self.dry_run else "everything else was built"
         return ConfigError.exit_code, (
-            f"error: cannot build: {', '.join(refused)}{listed}; everything else was built. "
-            "Fix the declarations (see above) and rerun."
+            f"error: cannot build: {', '.join(refused)}{listed}; {rest}. "
+            "Apply the fixes above (declarations, settings, builder or secrets) and rerun."
         )
 
     def unlocked_builds(self, plan: Plan) -> list[str]:
@@ -154,6 +159,7 @@ def run_cascade(
                 )
                 for decision in decisions
             ),
+            dry_run=True,
         )
     scheduler = _Scheduler(plan, backend, decisions, options.jobs, emit, cancelled or threading.Event())
     return scheduler.run(store)
@@ -376,6 +382,8 @@ class _Scheduler:
                 reference=decision.reference,
                 log_path=logged if logged.exists() else None,
             )
+        except CascadeError as error:  # this image's own bad input, e.g. a file changed after hashing
+            result = ImageResult(name=name, outcome="failed", reason=str(error), reference=decision.reference)
         except Exception as error:  # a bug or an unexpected failure of this one image
             result = ImageResult(
                 name=name,

@@ -36,8 +36,13 @@ def write_hashes(root: Path, out: TextIO) -> int:
     changed = write_lock(plan.settings.lock_path, plan.lock_entries())
     for line in stale_lines(plan):
         print(line, file=out)
-    state = "updated" if changed else "already current"
-    print(f"{plan.settings.lock_path.name}: {state} ({len(plan.images)} images)", file=out)
+    moved = sum(1 for image in plan.images if not image.locked)
+    gone = len(plan.removed)
+    if changed:
+        what = f"{moved} of {len(plan.images)} images changed" + (f", {gone} removed" if gone else "")
+        print(f"{plan.settings.lock_path.name}: updated ({what})", file=out)
+    else:
+        print(f"{plan.settings.lock_path.name}: already current ({len(plan.images)} images)", file=out)
     return 0
 
 

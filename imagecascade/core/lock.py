@@ -105,8 +105,12 @@ def parse_lock(text: str, source: str) -> dict[str, LockEntry]:
     try:
         data = json.loads(text)
     except ValueError as error:
-        where = f":{error.lineno}" if isinstance(error, json.JSONDecodeError) else ""
-        reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+        if isinstance(error, json.JSONDecodeError):
+            # Some of json's messages end in "at": the place they mean is lineno/colno.
+            place = f" line {error.lineno} column {error.colno}" if error.msg.endswith(" at") else ""
+            where, reason = f":{error.lineno}:{error.colno}", error.msg + place
+        else:
+            where, reason = "", str(error)
         raise ConfigError(f"{path}{where}: invalid JSON ({reason}); {FIX_HINT}") from error
     if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
         raise ConfigError(f"{path}: not a format-{LOCK_FORMAT} lock file; {FIX_HINT}")

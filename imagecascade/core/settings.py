@@ -188,8 +188,8 @@ def load_settings(root: Path) -> Settings:
             field, expected = _KNOWN[section][key]
             accepted = (int, float) if expected is float else expected  # TOML writes 300 and 300.0
             if not isinstance(value, accepted) or isinstance(value, bool):
-                kind = {dict: "table", float: "number"}.get(expected, expected.__name__)
-                raise ConfigError(f"{path}: {section}.{key} must be a {kind}")
+                kind = {dict: "a table", float: "a number", int: "an integer", str: "a string"}[expected]
+                raise ConfigError(f"{path}: {section}.{key} must be {kind}")
             values[field] = float(value) if isinstance(value, int | float) and expected is float else value
     if "registry" in values:
         values["registry"] = check_registry(values["registry"].rstrip("/"), f"{path}: registry.url")

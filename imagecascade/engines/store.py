@@ -29,7 +29,7 @@ LOOKUP_THREADS = 8
 class EngineStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.description = "local engine"
+        self.description = "the local engine"
 
     def has(self, name: str, tag: str) -> bool:
         return self._engine.image_exists(image_reference(name, tag, ""))
@@ -179,6 +179,9 @@ def pinned(found: BuiltReference) -> str:
     return f"{found.reference.rpartition(':')[0]}@{found.digest}"
 
 
-def require_built(found: BuiltReference, target: str) -> None:
-    if not found.built:
-        raise NotBuilt(f"{found.reference} is not built in {target}; run `invoke cascade`")
+def require_built(found: list[BuiltReference], target: str) -> None:
+    """Raise NotBuilt (exit 4) naming every reference in `found` that `target` does not hold."""
+    missing = [item.reference for item in found if not item.built]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise NotBuilt(f"{', '.join(missing)} {verb} not built in {target}; run `invoke cascade`")

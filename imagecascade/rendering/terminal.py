@@ -70,6 +70,16 @@ def plan_table(plan: Plan, build_states: Mapping[str, tuple[str, str]], backend:
 _WHERE = {"local": "local engine", "cloudbuild": "Cloud Build"}
 
 
+def plan_fixes(plan: Plan, build_states: Mapping[str, tuple[str, str]]) -> list[str]:
+    """One line per image that is not built and cannot be: each reason with what fixes it."""
+    return [
+        f"{image.name}: cannot build: {refusal.reason}; fix: {refusal.fix}"
+        for image in plan.images
+        if build_states.get(image.name, ("unknown", ""))[0] != "present"
+        for refusal in image.cannot_build
+    ]
+
+
 class CascadeReporter:
     """Shows build events: a live table per image on a terminal, plain timestamped lines elsewhere.
 

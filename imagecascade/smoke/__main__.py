@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
             reports.append(event.report)
             for result in event.report.results:
                 if result.check == NO_CHECKS and result.status == "skip":
-                    console.print(f"warning: {result.message}")
+                    console.print(f"warning: {result.message}", markup=False, highlight=False)
 
     try:
         root = find_root(Path.cwd())

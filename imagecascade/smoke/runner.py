@@ -286,7 +286,9 @@ def find_targets(
     if missing:
         where = f"in {settings.registry}" if settings.registry else "in the local engine"
         raise NotBuilt(
-            f"not built {where}: {', '.join(missing)}; run `invoke cascade` first"
-            + (f" (with --registry {settings.registry})" if settings.registry else "")
+            f"not built {where}: {', '.join(missing)}; run `invoke cascade` first, with the same "
+            "registry (cascade.toml's, or the same --registry)"
+            if settings.registry
+            else f"not built {where}: {', '.join(missing)}; run `invoke cascade` first"
         )
     return targets
