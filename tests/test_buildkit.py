@@ -444,6 +444,35 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
+def test_a_single_platform_base_of_another_platform_fails_the_image_before_any_tag(
+    tmp_path: Path, engine: Any, registry_base: str, cli: DockerCli, names: Names
+) -> None:
+    """BuildKit takes the registry's linux/amd64 base for linux/arm64 and labels the result arm64."""
+    arm, amd = names("arm"), names("amd")
+    images = {
+        name: (f'base = "{registry_base}"\nplatform = "{platform}"\n', "RUN uname -m > /arch\n")
+        for name, platform in ((arm, "linux/arm64"), (amd, "linux/amd64"))
+    }
+    make_repo(tmp_path / "repo", images)
+    plan = compute_plan(load_settings(tmp_path / "repo"), use_cache=False)
+    backend = BuildKitBackend(cli, engine)
+    request = build_request(plan, plan.get(arm), Provenance(revision="t", source=""), now_rfc3339())
+    with pytest.raises(BuildError) as failed:
+        backend.build(request, lambda event: None, threading.Event())
+    assert str(failed.value).startswith(
+        f"{arm}: declared platform linux/arm64, but its base {registry_base} is linux/amd64 only: "
+        "BuildKit takes a single-platform base for any platform"
+    )
+    assert all(engine.inspect_image(reference) is None for reference in request.references)
+    labelled = engine.client.api.images(
+        all=True, filters={"label": f"io.imagecascade.freshness-hash={plan.get(arm).hash}"}
+    )
+    assert labelled == []
+    request = build_request(plan, plan.get(amd), Provenance(revision="t", source=""), now_rfc3339())
+    backend.build(request, lambda event: None, threading.Event())
+    assert engine.inspect_image(request.references[0]) is not None
+
+
 def test_a_file_changed_after_hashing_stops_the_build(
     tmp_path: Path, engine: Any, base_image: str, cli: DockerCli, names: Names
 ) -> None:

@@ -140,7 +140,9 @@ def compute_plan(settings: Settings, *, use_cache: bool = True, ignore_broken_lo
                 input_hashes=input_hashes,
                 lock_hash=old.hash if old else None,
                 reasons=tuple(reasons),
-                cannot_build=declaration_refusals(spec, settings.root),
+                cannot_build=declaration_refusals(
+                    spec, settings.root, specs[spec.parent] if spec.parent is not None else None
+                ),
             )
         )
     cache.save()

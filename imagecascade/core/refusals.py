@@ -15,6 +15,8 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imagecascade.core.platforms import parse as parse_platform
+
 if TYPE_CHECKING:  # declarations import this module's Refusal through their Dockerfile checks
     from imagecascade.core.declaration import ImageSpec
 
@@ -30,11 +32,20 @@ class Refusal:
         return self.reason
 
 
-def declaration_refusals(spec: ImageSpec, root: Path) -> tuple[Refusal, ...]:
-    """The refusals that follow from `spec` alone: each unpinned artifact (its SHA-256 build arg is
-    empty), then each other required build arg that is absent or blank."""
+def declaration_refusals(spec: ImageSpec, root: Path, parent: ImageSpec | None = None) -> tuple[Refusal, ...]:
+    """The refusals that follow from `spec` and its `parent`'s spec: a platform other than the
+    parent's (an image is built on its parent, so it would be mislabelled), each unpinned artifact
+    (its SHA-256 build arg is empty), then each other required build arg that is absent or blank."""
     declaration = _shown(spec.declaration_path, root)
     refusals = []
+    if parent is not None and parse_platform(spec.platform) != parse_platform(parent.platform):
+        refusals.append(
+            Refusal(
+                f"platform {spec.platform} differs from its parent {parent.name}'s {parent.platform} "
+                "(it is built on its parent: the image would hold programs of another platform)",
+                f"declare the same platform in {declaration} and {_shown(parent.declaration_path, root)}",
+            )
+        )
     for artifact in spec.unpinned_artifacts:
         refusals.append(
             Refusal(

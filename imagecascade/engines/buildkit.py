@@ -56,6 +56,7 @@ class BuildKitBackend(LocalBackend):
     """
 
     where = "with BuildKit on the local engine"
+    builder = "buildkit"
 
     def __init__(
         self,

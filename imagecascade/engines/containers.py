@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from imagecascade.core.backend import BuildError
 from imagecascade.core.build_log import shorten
+from imagecascade.core.platforms import Platform
 from imagecascade.errors import BackendError
 
 
@@ -152,6 +153,8 @@ class ImageInfo:
     labels: dict[str, str]
     config: dict[str, Any]
     size: int = 0  # bytes, as `docker images` counts them
+    platform: Platform | None = None  # its config's Os/Architecture/Variant, normalised
+    tags: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ import urllib3.exceptions
 
 from imagecascade.core.backend import BuildError
 from imagecascade.core.build_log import shorten
+from imagecascade.core.platforms import platform_in
 from imagecascade.engines.containers import (
     ContainerSummary,
     ImageInfo,
@@ -91,12 +92,15 @@ class Engine:
             return None
         except docker.errors.DockerException as error:
             raise BackendError(f"Docker Engine: cannot inspect {reference}: {error}") from error
-        config = image.attrs.get("Config") or {}
+        attrs = image.attrs
+        config = attrs.get("Config") or {}
         return ImageInfo(
             id=image.id,
             labels=dict(config.get("Labels") or {}),
             config=config,
-            size=int(image.attrs.get("Size") or 0),
+            size=int(attrs.get("Size") or 0),
+            platform=platform_in(attrs),
+            tags=tuple(tag for tag in attrs.get("RepoTags") or () if tag != "<none>:<none>"),
         )
 
     def list_images(self, repository: str, *, label: str | None = None) -> list[LocalImage]:

@@ -11,7 +11,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, BuildRequest
 from imagecascade.core.build_checks import builder_refusal
@@ -71,6 +71,7 @@ class LocalBackend:
 
     name = "local"
     where = "on the local engine"
+    builder: Literal["classic", "buildkit"] = "classic"
 
     def __init__(
         self,
@@ -115,6 +116,7 @@ class LocalBackend:
         title = f"{image.name}:{image.tag} {self.where}"
         with BuildLog(image.name, request.log_path, on_event, title=title) as log:
             image_id = self._build(request, log, cancelled)
+            self._check_platform(request, image_id, log)
             for reference in request.references:
                 self._engine.tag_image(image_id, reference)
             if not request.registry:
@@ -184,6 +186,28 @@ class LocalBackend:
                 f"{name}: the engine reported no image id (the stream ended early)", log.failure_tail()
             )
         return image_id
+
+    def _check_platform(self, request: BuildRequest, image_id: str, log: BuildLog) -> None:
+        """BuildError, before any tag, when the image is not of its declared platform (see
+        engines.platform_check); the untagged image is removed."""
+        from imagecascade.engines.platform_check import platform_problem
+        from imagecascade.engines.registry import RegistryClient
+
+        problem = platform_problem(
+            self._engine,
+            image_id,
+            request.image.spec.platform,
+            request.build_args["BASE_IMAGE"],
+            builder=self.builder,
+            registry=RegistryClient(credentials=self.credentials),
+        )
+        if not problem:
+            return
+        log.note(f"error: {problem}", live=False)
+        built = self._engine.inspect_image(image_id)
+        if built is not None and not built.tags:  # another tag means the engine reused an image
+            self._engine.remove_image(image_id)
+        raise BuildError(f"{request.image.name}: {problem}")
 
     def _pull_external(self, request: BuildRequest, log: BuildLog) -> None:
         """--force: pull the external references again (the base, pinned builder images)."""

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import tenacity
 
+from imagecascade.core.platforms import Platform, platform_in
 from imagecascade.engines.credentials import CredentialResolver, RegistryCredential
 from imagecascade.errors import BackendError
 
@@ -219,12 +220,32 @@ class RegistryClient:
                 raise BackendError(
                     f"registry {ref.host}: {repository}:{tag}: its index names a missing image"
                 )
+        config = self._config(ref, manifest, f"{repository}:{tag}")
+        labels = (config.get("config") or {}).get("Labels") or {}
+        return {str(key): str(value) for key, value in labels.items()}
+
+    def image_platforms(self, repository: str, reference: str) -> list[Platform] | None:
+        """The platforms `repository:reference` (a tag or a digest) offers: each entry of an image
+        index, or the one in a single image's config. None when the registry does not have it;
+        other errors as manifest_digest."""
+        ref = RepositoryRef.parse(repository)
+        manifest = self._get_json(ref, ref.manifest_url(reference), MANIFEST_TYPES)
+        if manifest is None:
+            return None
+        entries = manifest.get("manifests")
+        if isinstance(entries, list):
+            return [platform_in(entry.get("platform") or {}) for entry in entries if isinstance(entry, dict)]
+        return [platform_in(self._config(ref, manifest, f"{repository}:{reference}"))]
+
+    def _config(self, ref: RepositoryRef, manifest: dict[str, Any], shown: str) -> dict[str, Any]:
+        """The image config blob an image manifest names."""
         digest = (manifest.get("config") or {}).get("digest")
         if not isinstance(digest, str):
-            raise BackendError(f"registry {ref.host}: {repository}:{tag}: the manifest names no config")
+            raise BackendError(f"registry {ref.host}: {shown}: the manifest names no config")
         config = self._get_json(ref, f"{ref.base_url}/v2/{ref.repository}/blobs/{digest}", "*/*")
-        labels = ((config or {}).get("config") or {}).get("Labels") or {}
-        return {str(key): str(value) for key, value in labels.items()}
+        if config is None:
+            raise BackendError(f"registry {ref.host}: {shown}: its config blob {digest} is missing")
+        return config
 
     def _get_json(self, ref: RepositoryRef, url: str, accept: str) -> dict[str, Any] | None:
         """A JSON document by GET; None on a registry's 404, BackendError on anything else."""
