@@ -530,7 +530,7 @@ ref.help["json"] = ref.help.pop("json")
 @task(
     help={
         "keep": "also keep this many newest earlier images of each image (default 1)",
-        "dry_run": "only print what would be removed",
+        "dry_run": "only print what would be removed, and which rule keeps or removes each image",
         "registry": "prune the local tags of this registry's images instead of the configured one",
     }
 )
@@ -539,7 +539,7 @@ def prune(c: Context, keep: int = 1, dry_run: bool = False, registry: str | None
     """Remove this repository's superseded images from the local engine (never from a registry)."""
     from imagecascade.core.plan import compute_plan
     from imagecascade.engines.engine import Engine
-    from imagecascade.engines.prune import prune_candidates, remove, size_text
+    from imagecascade.engines.prune import RULES, prune_candidates, remove, size_text
 
     keep = _number("keep", keep, int)
     if keep < 0:
@@ -549,15 +549,17 @@ def prune(c: Context, keep: int = 1, dry_run: bool = False, registry: str | None
             current = compute_plan(_settings(registry=registry))
             engine = Engine.from_environment()
             candidates = prune_candidates(current, engine, keep)
+            if dry_run:
+                print(f"rule: {RULES.replace('--keep', f'{keep}')}")
             if not candidates:
                 print("nothing to prune: no labelled images of this repository in the local engine")
             removed = freed = 0
             for candidate in candidates:
                 if candidate.verdict != "remove":
-                    print(f"keep {candidate.describe()}: {candidate.verdict}")
+                    print(f"keep {candidate.describe()}: {candidate.reason}")
                     continue
                 if dry_run:
-                    print(f"would remove {candidate.describe()}")
+                    print(f"would remove {candidate.describe()}: {candidate.reason}")
                     continue
                 problem = remove(engine, candidate)
                 if problem:

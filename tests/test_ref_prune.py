@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,11 @@ def test_prune_keeps_the_current_and_the_newest_earlier_images_and_nothing_else(
     engine = cascade_repo.engine
     registry = cascade_repo.registry
     tags = []
-    for version in range(3):  # three hashes of `leaf`, oldest first (root and mid: built once)
+    for version in range(4):  # four hashes of `leaf`, oldest first (root and mid: built once)
         cascade_repo.write("images/leaf/leaf.txt", f"leaf {version}\n")
         assert cascade_repo.invoke("build-leaf", "--with-parents").returncode == 0
         tags.append(cascade_repo.plan().get("leaf").tag)
-    cascade_repo.write("images/leaf/leaf.txt", "leaf 0\n")  # back to the first version: current
+        time.sleep(1.1)  # creation times are in seconds
     # Not ours: an image without our labels tagged in leaf's repository, and another tag of an old one.
     foreign = f"{registry}/leaf:hand-made"
     engine.tag_image(engine.inspect_image(f"{registry}/upstream:stable").id, foreign)
@@ -84,16 +85,21 @@ def test_prune_keeps_the_current_and_the_newest_earlier_images_and_nothing_else(
 
     dry = cascade_repo.invoke("prune", "--keep", "1", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert _line(dry.stdout, "keep", tags[0]).endswith(": current")
-    assert _line(dry.stdout, "keep", tags[2]).endswith(": kept")  # the newest earlier one (and :latest)
-    assert _line(dry.stdout, "would remove", tags[1])
+    assert dry.stdout.startswith("rule: keep the current image, ")
+    assert _line(dry.stdout, "keep", tags[3]).endswith(": current")  # with :latest
+    assert _line(dry.stdout, "keep", tags[2]).endswith(": one of the 1 newest earlier images (--keep 1)")
+    for old in tags[:2]:
+        assert _line(dry.stdout, "would remove", old).endswith(
+            ": superseded: no checkout, branch or later build here uses it"
+        )
     assert not _line(dry.stdout, "", "hand-made")  # not labelled by this tool: not even considered
     assert _local(cascade_repo, "leaf") == before  # a dry run removes nothing
 
     done = cascade_repo.invoke("prune", "--keep", "1")
     assert done.returncode == 0, done.stderr
-    assert _line(done.stdout, "removed", tags[1]) and "removed 1 image (up to " in done.stdout
-    assert _local(cascade_repo, "leaf") == before - {f"{registry}/leaf:{tags[1]}"}
+    assert _line(done.stdout, "removed", tags[0]) and _line(done.stdout, "removed", tags[1])
+    assert "removed 2 images (up to " in done.stdout
+    assert _local(cascade_repo, "leaf") == before - {f"{registry}/leaf:{tag}" for tag in tags[:2]}
     assert engine.inspect_image(elsewhere) is not None  # only its leaf tag went
     # The parents are untouched; a registry is never touched.
     assert _local(cascade_repo, "root") and _local(cascade_repo, "mid")
@@ -101,7 +107,35 @@ def test_prune_keeps_the_current_and_the_newest_earlier_images_and_nothing_else(
 
     again = cascade_repo.invoke("prune", "--keep", "0")
     assert again.returncode == 0
-    assert _local(cascade_repo, "leaf") == {f"{registry}/leaf:{tags[0]}", foreign}
+    assert _local(cascade_repo, "leaf") == {f"{registry}/leaf:{tags[3]}", f"{registry}/leaf:latest", foreign}
+
+
+def test_prune_keeps_images_built_after_the_current_one_until_the_next_build(
+    cascade_repo: CascadeRepo,
+) -> None:
+    """An image newer than this checkout's current one may be another checkout's work: kept."""
+    registry = cascade_repo.registry
+    tags = []
+    for version in range(2):
+        cascade_repo.write("images/leaf/leaf.txt", f"leaf {version}\n")
+        assert cascade_repo.invoke("build-leaf", "--with-parents").returncode == 0
+        tags.append(cascade_repo.plan().get("leaf").tag)
+        time.sleep(1.1)
+    cascade_repo.write("images/leaf/leaf.txt", "leaf 0\n")  # back to the first version: current
+    kept = cascade_repo.invoke("prune", "--keep", "0")
+    assert kept.returncode == 0, kept.stderr
+    assert _line(kept.stdout, "keep", tags[1]).endswith(
+        ": built after this checkout's current image (another checkout's, or a change undone since)"
+    )
+    assert f"{registry}/leaf:{tags[1]}" in _local(cascade_repo, "leaf")
+    cascade_repo.write("images/leaf/leaf.txt", "leaf 2\n")  # a new current, built last
+    assert cascade_repo.invoke("build-leaf").returncode == 0
+    done = cascade_repo.invoke("prune", "--keep", "0")
+    assert _line(done.stdout, "removed", tags[0]) and _line(done.stdout, "removed", tags[1])
+    assert _local(cascade_repo, "leaf") == {
+        f"{registry}/leaf:{cascade_repo.plan().get('leaf').tag}",
+        f"{registry}/leaf:latest",
+    }
 
 
 def test_prune_keeps_an_image_a_container_uses(cascade_repo: CascadeRepo) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import datetime
 import json
 import re
 from collections.abc import Iterator
@@ -166,6 +167,23 @@ class LocalImage:
     labels: dict[str, str]
     created: str
     size: int = 0  # bytes, layers shared with other images included
+
+
+def local_images(listing: list[dict[str, Any]]) -> list[LocalImage]:
+    """The engine's image listing (`GET /images/json`) as LocalImage values, newest first."""
+    images = [
+        LocalImage(
+            id=str(summary.get("Id", "")),
+            tags=tuple(tag for tag in summary.get("RepoTags") or () if tag != "<none>:<none>"),
+            labels=dict(summary.get("Labels") or {}),
+            created=datetime.datetime.fromtimestamp(int(summary.get("Created") or 0), datetime.UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
+            size=int(summary.get("Size") or 0),
+        )
+        for summary in listing
+    ]
+    return sorted(images, key=lambda image: image.created, reverse=True)
 
 
 # Build request refusals that belong to the image, not to the engine: its Dockerfile, its size.

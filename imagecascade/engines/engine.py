@@ -7,7 +7,6 @@ private-range addresses), and engine failures raise BackendError, never "missing
 from __future__ import annotations
 
 import contextlib
-import datetime
 import http.client
 import socket
 import tarfile
@@ -38,6 +37,7 @@ from imagecascade.engines.containers import (
     build_refusal,
     clean_engine_path,
     engine_message,
+    local_images,
     path_stat_from_archive,
     read_head,
     read_tail,
@@ -104,27 +104,24 @@ class Engine:
         )
 
     def list_images(self, repository: str, *, label: str | None = None) -> list[LocalImage]:
-        """The images tagged in `repository` (any tag), optionally only those carrying `label`,
-        newest first. One listing call: no image is inspected, so images that other clients remove
-        meanwhile cannot fail it."""
+        """The images the engine lists under `repository` (a tag there, or only a digest from a push
+        or pull), optionally only those carrying `label`, newest first. One listing call: no image
+        is inspected, so images that other clients remove meanwhile cannot fail it."""
         filters = {"label": label} if label else None
         try:
             found = self._client.api.images(name=repository, filters=filters)
         except docker.errors.DockerException as error:
             raise BackendError(f"Docker Engine: cannot list images of {repository}: {error}") from error
-        images = [
-            LocalImage(
-                id=str(summary.get("Id", "")),
-                tags=tuple(tag for tag in summary.get("RepoTags") or () if tag != "<none>:<none>"),
-                labels=dict(summary.get("Labels") or {}),
-                created=datetime.datetime.fromtimestamp(int(summary.get("Created") or 0), datetime.UTC)
-                .isoformat()
-                .replace("+00:00", "Z"),
-                size=int(summary.get("Size") or 0),
-            )
-            for summary in found
-        ]
-        return sorted(images, key=lambda image: image.created, reverse=True)
+        return local_images(found)
+
+    def list_untagged(self, label: str) -> list[LocalImage]:
+        """The untagged (dangling) images carrying `label`, newest first: what failed, stopped
+        or repeated builds leave. One listing call, as list_images."""
+        try:
+            found = self._client.api.images(filters={"dangling": True, "label": label})
+        except docker.errors.DockerException as error:
+            raise BackendError(f"Docker Engine: cannot list untagged images: {error}") from error
+        return local_images(found)
 
     def image_exists(self, reference: str) -> bool:
         return self.inspect_image(reference) is not None
