@@ -404,8 +404,11 @@ class Engine:
             raise PushStalled(reference, progress_timeout or 0.0)
         return digest, None
 
-    def pull_image(self, reference: str, credentials: CredentialResolver | None = None) -> ImageInfo | None:
-        """Pull `reference` from its registry; None when the registry has no such tag.
+    def pull_image(
+        self, reference: str, credentials: CredentialResolver | None = None, *, platform: str | None = None
+    ) -> ImageInfo | None:
+        """Pull `reference` from its registry (of `platform`, e.g. `linux/arm64`, from an image index;
+        None: the engine's own); None when the registry has no such tag.
 
         Credentials come from `credentials` (default: the docker CLI's config, as for every other
         registry request). Anything else than "no such tag" (registry unreachable, auth, 5xx)
@@ -421,7 +424,7 @@ class Engine:
         auth = (credentials or CredentialResolver()).engine_auth(RepositoryRef.parse(repository).host)
         try:
             for chunk in self._client.api.pull(
-                repository, tag=tag, stream=True, decode=True, auth_config=auth
+                repository, tag=tag, stream=True, decode=True, auth_config=auth, platform=platform
             ):
                 if chunk.get("error"):
                     detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]

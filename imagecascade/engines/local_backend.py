@@ -210,13 +210,14 @@ class LocalBackend:
         raise BuildError(f"{request.image.name}: {problem}")
 
     def _pull_external(self, request: BuildRequest, log: BuildLog) -> None:
-        """--force: pull the external references again (the base, pinned builder images)."""
+        """--force: pull the external references again (the base, pinned builder images), of the
+        image's platform."""
         spec = request.image.spec
         references = [spec.base] if spec.base is not None else []
         references += [spec.build_args[key] for key in spec.upstream_build_args]
         for reference in references:
             log.note(f"pulling {reference} (--force)")
-            if self._engine.pull_image(reference, self.credentials) is None:
+            if self._engine.pull_image(reference, self.credentials, platform=spec.platform) is None:
                 raise BuildError(f"{request.image.name}: --force: {reference} is not in its registry")
 
     def _push(self, request: BuildRequest, log: BuildLog, cancelled: threading.Event) -> str | None:
