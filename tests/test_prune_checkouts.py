@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from conftest import CascadeRepo, git
 
-from imagecascade.core.checkouts import read_checkouts, revision_commit
 from imagecascade.engines.prune import prune_candidates, remove
 
 pytestmark = pytest.mark.engine
@@ -27,11 +26,17 @@ def _leaf_tags(repo: CascadeRepo) -> set[str]:
     return {ref.removeprefix(prefix) for ref in repo.local_references() if ref.startswith(prefix)}
 
 
-def _build_leaf(repo: CascadeRepo, text: str) -> str:
+@pytest.fixture
+def cache(tmp_path: Path) -> dict[str, str]:
+    """This test's own list of checkouts that built here (XDG_CACHE_HOME), for every invoke."""
+    return {"XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
+
+
+def _build_leaf(repo: CascadeRepo, text: str, env: dict[str, str]) -> str:
     """Write leaf.txt, build leaf (and what it needs); its hash tag. Waits a second afterwards:
     the engine's creation times are in seconds."""
     repo.write("images/leaf/leaf.txt", text)
-    done = repo.invoke("build-leaf", "--with-parents")
+    done = repo.invoke("build-leaf", "--with-parents", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     time.sleep(1.1)
     return str(repo.plan().get("leaf").tag)
@@ -44,34 +49,33 @@ def _commit_with_lock(repo: CascadeRepo, message: str) -> None:
 
 
 def test_another_worktrees_images_survive_prune_while_it_or_a_branch_uses_them(
-    cascade_repo: CascadeRepo, tmp_path: Path
+    cascade_repo: CascadeRepo, tmp_path: Path, cache: dict[str, str]
 ) -> None:
     main = cascade_repo
     _commit_with_lock(main, "lock")
     other = dataclasses.replace(main, root=tmp_path / "feature")
     git(main.root, "worktree", "add", "-q", "-b", "feature", str(other.root))
-    feature = _build_leaf(other, "leaf on feature\n")
-    _commit_with_lock(other, "feature leaf")  # its lock (and the branch tip) records `feature`
-    dirty = _build_leaf(other, "leaf on feature, not committed\n")  # built from its HEAD, unrecorded
-    current = _build_leaf(main, "leaf on main\n")
+    feature = _build_leaf(other, "leaf on feature\n", cache)
+    _commit_with_lock(other, "feature leaf")  # its lock and the branch tip record `feature`
+    dirty = _build_leaf(other, "leaf on feature, not committed\n", cache)  # its current one now
+    current = _build_leaf(main, "leaf on main\n", cache)
+    here = other.root.resolve()
 
-    dry = main.invoke("prune", "--keep", "0", "--dry-run")
+    dry = main.invoke("prune", "--keep", "0", "--dry-run", env=cache)
     assert dry.returncode == 0, dry.stderr
     assert _line(dry.stdout, "keep", current).endswith(": current")
+    assert _line(dry.stdout, "keep", dirty).endswith(f": current in worktree {here}")
     assert _line(dry.stdout, "keep", feature).endswith(
-        f": recorded in the images.lock.json of worktree {other.root.resolve()}"
+        f": recorded in the images.lock.json of worktree {here}"
     )
-    assert _line(dry.stdout, "keep", dirty).endswith(
-        f": built from the HEAD of worktree {other.root.resolve()}"
-    )
-    done = main.invoke("prune", "--keep", "0")
+    done = main.invoke("prune", "--keep", "0", env=cache)
     assert done.returncode == 0, done.stderr
     assert {current, feature, dirty} <= _leaf_tags(main)
 
     # The worktree goes: its branch still records `feature`; `dirty` is older than a new current.
     git(main.root, "worktree", "remove", "--force", str(other.root))
-    newer = _build_leaf(main, "leaf on main, again\n")
-    done = main.invoke("prune", "--keep", "0")
+    newer = _build_leaf(main, "leaf on main, again\n", cache)
+    done = main.invoke("prune", "--keep", "0", env=cache)
     assert _line(done.stdout, "keep", feature).endswith(
         ": recorded in the images.lock.json of branch feature"
     )
@@ -79,40 +83,60 @@ def test_another_worktrees_images_survive_prune_while_it_or_a_branch_uses_them(
     assert _leaf_tags(main) == {newer, feature, "latest"}
 
     git(main.root, "branch", "-q", "-D", "feature")
-    done = main.invoke("prune", "--keep", "0")
+    done = main.invoke("prune", "--keep", "0", env=cache)
     assert _line(done.stdout, "removed", feature)
     assert _leaf_tags(main) == {newer, "latest"}
 
 
-def test_a_second_clones_images_survive_prune(cascade_repo: CascadeRepo, tmp_path: Path) -> None:
+def test_a_second_clones_images_survive_prune(
+    cascade_repo: CascadeRepo, tmp_path: Path, cache: dict[str, str]
+) -> None:
     main = cascade_repo
     clone = dataclasses.replace(main, root=tmp_path / "clone")
     subprocess.run(["git", "clone", "-q", str(main.root), str(clone.root)], check=True)
-    clone.write("images/leaf/leaf.txt", "leaf in the clone\n")
-    git(clone.root, "commit", "-q", "-am", "clone's leaf")
-    theirs = _build_leaf(clone, "leaf in the clone\n")  # committed there: a commit main has not seen
-    current = _build_leaf(main, "leaf on main\n")
+    theirs = _build_leaf(clone, "leaf in the clone, not committed\n", cache)  # built first
+    current = _build_leaf(main, "leaf on main\n", cache)
+    there = clone.root.resolve()
 
-    done = main.invoke("prune", "--keep", "0")
+    done = main.invoke("prune", "--keep", "0", env=cache)
     assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "keep", theirs).endswith(f": current in checkout {there}")
+    assert {theirs, current} <= _leaf_tags(main)
+
+    # A clone that cannot be read now: what was built from its HEAD stays.
+    clone.write("images/leaf/image.toml", "parent = [\n")
+    done = main.invoke("prune", "--keep", "0", env=cache)
+    assert f": built from the HEAD of checkout {there}, whose images cannot be read now (" in _line(
+        done.stdout, "keep", theirs
+    )
+
+    # A clone this prune does not know of (as from another machine): a commit this repository lacks.
+    git(clone.root, "checkout", "--", "images/leaf/image.toml")
+    clone.write("images/leaf/leaf.txt", "leaf in the clone, committed\n")
+    git(clone.root, "commit", "-q", "-am", "the clone's leaf")
+    committed = _build_leaf(clone, "leaf in the clone, committed\n", cache)
+    newest = _build_leaf(main, "leaf on main, again\n", cache)
+    unknown = {"XDG_CACHE_HOME": str(tmp_path / "another-machine")}
+    done = main.invoke("prune", "--keep", "0", env=unknown)
     commit = git(clone.root, "rev-parse", "HEAD")
-    assert _line(done.stdout, "keep", theirs).endswith(
+    assert _line(done.stdout, "keep", committed).endswith(
         f": built from commit {commit[:12]}, which this repository does not have (another clone's)"
     )
-    assert {theirs, current} <= _leaf_tags(main)
+    assert _line(done.stdout, "removed", theirs) and _line(done.stdout, "removed", current)
+    assert _leaf_tags(main) == {committed, newest, "latest"}
 
 
 def test_untagged_images_of_this_repository_are_removed_once_no_build_can_be_about_to_tag_them(
-    cascade_repo: CascadeRepo,
+    cascade_repo: CascadeRepo, cache: dict[str, str]
 ) -> None:
     engine = cascade_repo.engine
-    _build_leaf(cascade_repo, "leaf\n")
+    _build_leaf(cascade_repo, "leaf\n", cache)
     first = engine.inspect_image(f"{cascade_repo.registry}/leaf:latest").id
-    forced = cascade_repo.invoke("build-leaf", "--force")  # a new image takes the tags
+    forced = cascade_repo.invoke("build-leaf", "--force", env=cache)  # a new image takes the tags
     assert forced.returncode == 0, forced.stdout + forced.stderr
     try:
         assert engine.inspect_image(first).tags == ()
-        fresh = cascade_repo.invoke("prune", "--keep", "0")
+        fresh = cascade_repo.invoke("prune", "--keep", "0", env=cache)
         assert fresh.returncode == 0, fresh.stderr
         line = _line(fresh.stdout, "keep", f"untagged leaf image {first.removeprefix('sha256:')[:12]}")
         assert "untagged, but created" in line and "a running build may be about to tag it" in line
@@ -121,7 +145,7 @@ def test_untagged_images_of_this_repository_are_removed_once_no_build_can_be_abo
         # Ten minutes later (as the library is told): removed.
         plan = cascade_repo.plan()
         later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=11)
-        candidates = prune_candidates(plan, engine, 0, now=later)
+        candidates = prune_candidates(plan, engine, 0, now=later, environ=cache)
         untagged = [candidate for candidate in candidates if candidate.image_id == first]
         assert [(item.verdict, item.reason) for item in untagged] == [
             ("remove", "untagged: left by a failed, stopped or repeated build")
@@ -132,36 +156,3 @@ def test_untagged_images_of_this_repository_are_removed_once_no_build_can_be_abo
         assert engine.inspect_image(f"{cascade_repo.registry}/leaf:latest") is not None
     finally:
         engine.remove_image(first, force=True)
-
-
-def test_what_git_says_about_the_other_checkouts(tmp_path: Path) -> None:
-    outside = read_checkouts(tmp_path / "images.lock.json")
-    assert not outside.in_git and outside.recorded == {}
-    root = tmp_path / "repo"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    hashes = ["a" * 64, "b" * 64, "c" * 64]
-    (root / "images.lock.json").write_text(f'{{"images": {{"x": {{"hash": "{hashes[0]}"}}}}}}\n')
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "one")
-    git(root, "branch", "old")
-    (root / "images.lock.json").write_text(f'{{"images": {{"x": {{"hash": "{hashes[1]}"}}}}}}\n')
-    git(root, "commit", "-q", "-am", "two")
-    tree = tmp_path / "tree"
-    git(root, "worktree", "add", "-q", "-b", "side", str(tree))
-    # A lock with merge-conflict markers still says which hashes it records.
-    (tree / "images.lock.json").write_text(f'<<<<<<< ours\n"hash": "{hashes[2]}"\n=======\n>>>>>>> theirs\n')
-    found = read_checkouts(root / "images.lock.json")
-    assert found.in_git
-    assert [item.path for item in found.worktrees] == [tree.resolve()]
-    assert found.worktrees[0].head == git(root, "rev-parse", "HEAD")
-    assert found.recorded == {
-        hashes[2]: f"worktree {tree.resolve()}",
-        hashes[1]: "branch main",  # `side` records it too: the first branch by name is named
-        hashes[0]: "branch old",
-    }
-    assert (
-        revision_commit("0123456789abcdef0123456789abcdef01234567-dirty")
-        == "0123456789abcdef0123456789abcdef01234567"
-    )
-    assert revision_commit("unknown") == ""

@@ -35,6 +35,7 @@ class BuildRequest:
     fresh: bool = False  # --force: no layer cache, external bases pulled again
     # The image's declared secrets that have a source on this machine (never their values).
     secrets: Mapping[str, SecretSource] = dataclasses.field(default_factory=dict)
+    checkout: Path | None = None  # the cascade root it is built from (prune asks it what it uses)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

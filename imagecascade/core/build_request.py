@@ -118,4 +118,5 @@ def build_request(
         secrets={key: sources[key] for key in image.spec.secrets if key in sources},
         log_path=log_path(plan.settings.root, image.name, image.tag),
         fresh=fresh,
+        checkout=plan.settings.root,
     )

@@ -17,6 +17,7 @@ from imagecascade.core.backend import BuildError, BuildEvent, BuildOutcome, Buil
 from imagecascade.core.build_checks import builder_refusal
 from imagecascade.core.build_log import BuildLog, shorten
 from imagecascade.core.buildkit_syntax import FrontendSupport
+from imagecascade.core.checkouts import register_checkout
 from imagecascade.core.context_tar import write_context_tar
 from imagecascade.core.plan import PlannedImage
 from imagecascade.core.refusals import Refusal
@@ -117,6 +118,8 @@ class LocalBackend:
         with BuildLog(image.name, request.log_path, on_event, title=title) as log:
             image_id = self._build(request, log, cancelled)
             self._check_platform(request, image_id, log)
+            if request.checkout is not None:  # so that prune elsewhere knows what this one uses
+                register_checkout(request.checkout, self._environ)
             for reference in request.references:
                 self._engine.tag_image(image_id, reference)
             if not request.registry:
@@ -197,7 +200,7 @@ class LocalBackend:
             self._engine,
             image_id,
             request.image.spec.platform,
-            request.build_args["BASE_IMAGE"],
+            request.base_reference,
             builder=self.builder,
             registry=RegistryClient(credentials=self.credentials),
         )

@@ -8,15 +8,18 @@ tagged in its repository (`REGISTRY/name` or `name`) that carry this tool's labe
 decided, newest first, by the first rule that applies:
 
 1. `current`: its hash is this checkout's current hash;
-2. kept: its hash is recorded in another worktree's images.lock.json (on disk), or in the
-   images.lock.json at the tip of a local or remote-tracking branch (core.checkouts);
-3. kept: its revision label names the HEAD commit of another worktree (built there, perhaps from
-   changes its lock does not record yet);
-4. kept: its revision label names a commit this repository does not have (another clone built it);
-5. kept: it was created after this checkout's current image of that name (another checkout's
-   later work, or a change undone since; the next build here makes it prunable);
-6. kept: it is one of the `keep` newest of those left;
-7. removed: it is superseded.
+2. kept: its hash is current in another checkout of this repository on this machine (a git
+   worktree, or a clone that has built here), computed now from its files (core.checkouts);
+3. kept: its hash is recorded in another checkout's images.lock.json (on disk), or in the
+   images.lock.json at the tip of a local or remote-tracking branch;
+4. kept: its revision label names the HEAD commit of another checkout whose declarations cannot
+   be read now (so its current hashes are unknown);
+5. kept: its revision label names a commit this repository does not have (another clone built it);
+6. kept: it was created after this checkout's current image of that name (another checkout's
+   later work, on this machine or not, or a change undone since; the next build here makes it
+   prunable);
+7. kept: it is one of the `keep` newest of those left;
+8. removed: it is superseded.
 
 Untagged images with the labels of one of the plan's images and this repository's source label
 (what failed, stopped and repeated builds leave) are removed too, unless created within
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+from collections.abc import Mapping
 from typing import Literal
 
 from imagecascade.core.build_request import (
@@ -49,9 +54,9 @@ Verdict = Literal["current", "kept", "remove"]
 UNTAGGED_GRACE_SECONDS = 600
 
 RULES = (
-    "keep the current image, images another worktree or a branch tip records or built from another "
-    "worktree's HEAD, images built from a commit this repository lacks or after the current one, and "
-    "the --keep newest others; remove the rest, and untagged ones older than "
+    "keep the current image, images current in or recorded by another checkout (worktree or clone "
+    "on this machine) or a branch tip, images built from a commit this repository lacks or after the "
+    "current one, and the --keep newest others; remove the rest, and untagged ones older than "
     f"{UNTAGGED_GRACE_SECONDS // 60} minutes"
 )
 
@@ -82,13 +87,15 @@ def prune_candidates(
     keep: int,
     *,
     checkouts: Checkouts | None = None,
+    environ: Mapping[str, str] | None = None,
     untagged_grace_seconds: float = UNTAGGED_GRACE_SECONDS,
     now: datetime.datetime | None = None,
 ) -> list[PruneCandidate]:
     """What prune would do with every labelled local image of the plan's images (newest first per
-    image), then with their untagged ones. `checkouts` defaults to what git says about the
-    repository holding the plan's lock file (core.checkouts.read_checkouts)."""
-    checkouts = checkouts if checkouts is not None else read_checkouts(plan.settings.lock_path)
+    image), then with their untagged ones. `checkouts` defaults to what git and the list of
+    checkouts in `environ`'s cache folder say (core.checkouts.read_checkouts)."""
+    if checkouts is None:
+        checkouts = read_checkouts(plan.settings.root, os.environ if environ is None else environ)
     found: dict[str, list[LocalImage]] = {}
     for image in plan.images:
         repository = f"{plan.settings.registry}/{image.name}" if plan.settings.registry else image.name
@@ -104,7 +111,7 @@ def prune_candidates(
     everything = [*untagged, *(local for images in found.values() for local in images)]
     commits = {revision_commit(local.labels.get(LABEL_REVISION, "")) for local in everything} - {""}
     foreign = missing_commits(plan.settings.root, commits) if checkouts.in_git else set()
-    heads = {tree.head: tree.path for tree in checkouts.worktrees if tree.head}
+    unreadable = {other.head: other for other in checkouts.others if other.problem and other.head}
     candidates: list[PruneCandidate] = []
     for image in plan.images:
         repository = f"{plan.settings.registry}/{image.name}" if plan.settings.registry else image.name
@@ -115,12 +122,16 @@ def prune_candidates(
             full_hash = local.labels.get(LABEL_HASH, "")
             commit = revision_commit(local.labels.get(LABEL_REVISION, ""))
             verdict: Verdict = "kept"
+            using = next((other for other in checkouts.others if full_hash in other.current), None)
             if full_hash == image.hash:
                 verdict, reason = "current", "current"
+            elif using is not None:
+                reason = f"current in {using}"
             elif full_hash in checkouts.recorded:
                 reason = f"recorded in the images.lock.json of {checkouts.recorded[full_hash]}"
-            elif commit in heads:
-                reason = f"built from the HEAD of worktree {heads[commit]}"
+            elif commit in unreadable:
+                other = unreadable[commit]
+                reason = f"built from the HEAD of {other}, whose images cannot be read now ({other.problem})"
             elif commit in foreign:
                 reason = (
                     f"built from commit {commit[:12]}, which this repository does not have (another clone's)"
